@@ -1,0 +1,299 @@
+//! Command-line surface: every flag, its environment variable and its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::pubsub::targets::parse_url;
+
+/// Website availability monitor: HTTP checks to Kafka, Kafka to PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "metrics-flow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check target websites and publish one result per check to Kafka.
+    Pub(PubArgs),
+    /// Consume check results from Kafka and store each one in PostgreSQL exactly once.
+    Sub(SubArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    #[value(name = "sasl_plaintext", alias = "sasl-plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl", alias = "sasl-ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Connection settings shared by both subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKER", default_value = "localhost:9092")]
+    pub broker: String,
+
+    /// Kafka topic carrying the check results.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "checks")]
+    pub topic: String,
+
+    /// Kafka security protocol [default: plaintext, or ssl when an --ssl-* file is given].
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true)]
+    pub security_protocol: Option<SecurityProtocol>,
+
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long, env = "SSL_CA_FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "SSL_CERT_FILE")]
+    pub ssl_cert_file: Option<PathBuf>,
+
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, env = "SSL_KEY_FILE")]
+    pub ssl_key_file: Option<PathBuf>,
+
+    /// SASL mechanism.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
+    /// Seconds to keep retrying an unreachable Kafka or PostgreSQL before exiting 1.
+    #[arg(long, env = "CONNECT_DEADLINE", default_value = "60", value_parser = parse_seconds)]
+    pub connect_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// A URL to check; repeat the flag for several. TARGET may hold several, comma-separated.
+    #[arg(long = "target", env = "TARGET", value_delimiter = ',', value_parser = parse_url)]
+    pub targets: Vec<url::Url>,
+
+    /// Regex searched in the body of every target that has no pattern of its own.
+    #[arg(long, env = "PATTERN", value_parser = parse_regex)]
+    pub pattern: Option<regex::bytes::Regex>,
+
+    /// Seconds between two checks of the same target.
+    #[arg(long, env = "DELAY", default_value = "30", value_parser = parse_seconds)]
+    pub delay: Duration,
+
+    /// The most seconds one check may take, all phases together.
+    #[arg(long, env = "TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// Check every target once, publish, flush and exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// The most checks in flight at once in this process.
+    #[arg(long, env = "CONCURRENCY", default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Most bytes of a response body read for the pattern; a longer body is a body_too_large failure.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// PostgreSQL connection: a libpq key=value string or a postgres:// URL, including sslmode.
+    #[arg(
+        long,
+        env = "POSTGRESQL_DSN",
+        default_value = "host=localhost user=postgres dbname=postgres",
+        hide_env_values = true
+    )]
+    pub dsn: String,
+
+    /// Results table, optionally schema-qualified.
+    #[arg(long, env = "POSTGRESQL_TABLE", default_value = "checks", value_parser = crate::pubsub::store::TableName::parse)]
+    pub table: crate::pubsub::store::TableName,
+
+    /// Kafka consumer group.
+    #[arg(long, env = "KAFKA_GROUP", default_value = "metrics-flow")]
+    pub group: String,
+
+    /// Consume until caught up with the end of every assigned partition, then exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// A batch is written once it holds this many messages.
+    #[arg(long, env = "BATCH_SIZE", default_value = "5000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// A batch is written once its oldest message has waited this many milliseconds.
+    #[arg(long, env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis)]
+    pub batch_age: Duration,
+}
+
+/// Seconds as a positive decimal number, so `--delay 0.5` works.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 * 365.0 {
+        return Err(format!(
+            "'{text}' must be more than 0 seconds and at most a year"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    let millis: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number of milliseconds"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// A regex over bytes, so bodies that are not valid UTF-8 can still be searched.
+pub fn parse_regex(text: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::Regex::new(text).map_err(|e| one_line_regex_error(text, &e))
+}
+
+/// The regex crate draws a multi-line caret diagram; users get its last line only.
+pub fn one_line_regex_error(pattern: &str, error: &regex::Error) -> String {
+    let rendered = error.to_string();
+    let reason = rendered
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid")
+        .trim()
+        .trim_start_matches("error: ");
+    format!("invalid regex '{pattern}': {reason}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("metrics-flow").chain(args.iter().copied()))
+    }
+
+    fn pub_args(args: &[&str]) -> PubArgs {
+        match parse(args).expect("parses").command {
+            Command::Pub(p) => p,
+            Command::Sub(_) => panic!("expected pub"),
+        }
+    }
+
+    #[test]
+    fn pub_flags_and_defaults() {
+        let args = pub_args(&[
+            "pub",
+            "--target",
+            "http://a.example/",
+            "--target",
+            "https://b.example/x",
+            "--pattern",
+            "ok|fine",
+            "--delay",
+            "0.5",
+        ]);
+        assert_eq!(args.targets.len(), 2);
+        assert_eq!(args.targets[1].as_str(), "https://b.example/x");
+        assert_eq!(args.delay, Duration::from_millis(500));
+        assert_eq!(args.timeout, Duration::from_secs(10));
+        assert!(args.pattern.unwrap().is_match(b"all fine"));
+        assert!(!args.once);
+        assert_eq!(args.kafka.topic, "checks");
+        assert_eq!(args.kafka.connect_deadline, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            vec!["pub", "--pattern", "(unclosed"],
+            vec!["pub", "--target", "not a url"],
+            vec!["pub", "--target", "ftp://example.com/"],
+            vec!["pub", "--delay", "soon"],
+            vec!["pub", "--delay", "-1"],
+            vec!["pub", "--concurrency", "0"],
+            vec!["sub", "--table", "checks; drop table x"],
+            vec!["sub", "--sasl-mechanism", "GSSAPI"],
+        ] {
+            let err = parse(&bad).expect_err(&format!("{bad:?} must fail"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn regex_error_is_one_line() {
+        let err = parse_regex("a(b").unwrap_err();
+        assert_eq!(err.lines().count(), 1);
+        assert!(err.contains("unclosed group"), "{err}");
+    }
+
+    #[test]
+    fn enums_accept_documented_spellings() {
+        let cli = parse(&[
+            "sub",
+            "--security-protocol",
+            "sasl_ssl",
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+        ])
+        .unwrap();
+        let Command::Sub(sub) = cli.command else {
+            panic!("expected sub")
+        };
+        assert_eq!(sub.kafka.security_protocol, Some(SecurityProtocol::SaslSsl));
+        assert_eq!(sub.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+        assert_eq!(sub.table.to_string(), "\"checks\"");
+    }
+}

@@ -1,0 +1,204 @@
+//! The check result message, schema version 1: encoding for `pub`, strict validation for `sub`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Why a check failed; the wire names are the contract's `error_kind` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Dns,
+    Refused,
+    ConnectTimeout,
+    Timeout,
+    Tls,
+    Reset,
+    Protocol,
+    TooManyRedirects,
+    BodyTooLarge,
+    Status,
+    Pattern,
+    Other,
+}
+
+/// One check, as published. Fields beyond the required ones are optional extras.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub v: u64,
+    pub id: Uuid,
+    #[serde(with = "rfc3339")]
+    pub checked_at: DateTime<Utc>,
+    pub target: String,
+    pub ok: bool,
+    pub http_status: Option<u16>,
+    pub latency_ms: Option<f64>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_text: Option<String>,
+    pub pattern: Option<String>,
+    pub pattern_found: Option<bool>,
+}
+
+/// Why `sub` refused a payload; stored as the rejected row's reason.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Rejection {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("missing required field '{0}'")]
+    Missing(&'static str),
+    #[error("unsupported schema version {0}")]
+    UnsupportedVersion(String),
+    #[error("invalid field: {0}")]
+    Invalid(String),
+}
+
+const REQUIRED_FIELDS: [&str; 11] = [
+    "v",
+    "id",
+    "checked_at",
+    "target",
+    "ok",
+    "http_status",
+    "latency_ms",
+    "error_kind",
+    "error_text",
+    "pattern",
+    "pattern_found",
+];
+
+impl CheckResult {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a CheckResult always serializes")
+    }
+
+    /// Parses a payload, insisting that every required field is present (even when null)
+    /// and that `v` is one this build understands. Unknown fields are ignored.
+    pub fn decode(payload: &[u8]) -> Result<CheckResult, Rejection> {
+        let value: Value =
+            serde_json::from_slice(payload).map_err(|e| Rejection::NotJson(e.to_string()))?;
+        let object = value.as_object().ok_or(Rejection::NotObject)?;
+        check_version(object)?;
+        if let Some(missing) = REQUIRED_FIELDS.iter().find(|f| !object.contains_key(**f)) {
+            return Err(Rejection::Missing(missing));
+        }
+        serde_json::from_value(value).map_err(|e| Rejection::Invalid(e.to_string()))
+    }
+}
+
+fn check_version(object: &Map<String, Value>) -> Result<(), Rejection> {
+    match object.get("v") {
+        None => Err(Rejection::Missing("v")),
+        Some(v) if v.as_u64() == Some(SCHEMA_VERSION) => Ok(()),
+        Some(other) => Err(Rejection::UnsupportedVersion(other.to_string())),
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, the form the contract names.
+mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|e| serde::de::Error::custom(format!("checked_at '{text}': {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CheckResult {
+        CheckResult {
+            v: 1,
+            id: Uuid::new_v4(),
+            checked_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            target: "http://127.0.0.1:8080/health".into(),
+            ok: false,
+            http_status: Some(500),
+            latency_ms: Some(12.345),
+            error_kind: Some(ErrorKind::Status),
+            error_text: Some("status 500 not in 200-299".into()),
+            pattern: Some("ok".into()),
+            pattern_found: None,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let check = sample();
+        assert_eq!(CheckResult::decode(&check.encode()).unwrap(), check);
+    }
+
+    #[test]
+    fn wire_form_matches_contract() {
+        let json: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["checked_at"], "2026-11-22T10:00:00.123456Z");
+        assert_eq!(json["error_kind"], "status");
+        assert_eq!(json["pattern_found"], Value::Null);
+        for field in REQUIRED_FIELDS {
+            assert!(
+                json.get(field).is_some(),
+                "{field} missing from the wire form"
+            );
+        }
+        let kind: Value = serde_json::to_value(ErrorKind::TooManyRedirects).unwrap();
+        assert_eq!(kind, "too_many_redirects");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut json: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        json["tls_expires_at"] = "2027-01-01T00:00:00Z".into();
+        let decoded = CheckResult::decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(decoded.target, "http://127.0.0.1:8080/health");
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_accept() {
+        let mut missing: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        missing.as_object_mut().unwrap().remove("pattern_found");
+        let mut wrong_type: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        wrong_type["ok"] = "yes".into();
+        let mut future: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        future["v"] = 2.into();
+        let mut bad_id: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        bad_id["id"] = "not-a-uuid".into();
+
+        assert!(matches!(
+            CheckResult::decode(b"\xff not json"),
+            Err(Rejection::NotJson(_))
+        ));
+        assert_eq!(CheckResult::decode(b"[1]"), Err(Rejection::NotObject));
+        assert_eq!(
+            CheckResult::decode(missing.to_string().as_bytes()),
+            Err(Rejection::Missing("pattern_found"))
+        );
+        assert!(matches!(
+            CheckResult::decode(wrong_type.to_string().as_bytes()),
+            Err(Rejection::Invalid(_))
+        ));
+        assert_eq!(
+            CheckResult::decode(future.to_string().as_bytes()),
+            Err(Rejection::UnsupportedVersion("2".into()))
+        );
+        assert!(matches!(
+            CheckResult::decode(bad_id.to_string().as_bytes()),
+            Err(Rejection::Invalid(_))
+        ));
+    }
+}

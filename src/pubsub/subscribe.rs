@@ -1,0 +1,402 @@
+//! `sub`: the consumer loop. Offsets live in PostgreSQL beside the rows, are read back
+//! on every assignment, and are fenced on every commit, so each message lands once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::kafka;
+use super::message::CheckResult;
+use super::pgconn::PgTarget;
+use super::store::{self, AcceptedRow, Batch, CommitError, RejectedRow, TableName};
+use crate::cli::SubArgs;
+use crate::shutdown::{retry_until, Shutdown};
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let pg = PgTarget::parse(&args.dsn)?;
+    let mut client = retry_until(
+        &pg.describe(),
+        args.kafka.connect_deadline,
+        &shutdown,
+        || pg.connect(),
+    )?;
+    store::migrate(&mut client, &args.table)
+        .with_context(|| format!("migrating the schema of {}", args.table))?;
+    log::info!("storing into {} on {}", args.table, pg.describe());
+
+    let sink = Sink {
+        client,
+        pg,
+        table: args.table.clone(),
+        topic: args.kafka.topic.clone(),
+        connect_deadline: args.kafka.connect_deadline,
+        shutdown: shutdown.clone(),
+        batch: Batch::default(),
+        batch_started: None,
+        expected: BTreeMap::new(),
+        at_end: BTreeSet::new(),
+        totals: Totals::default(),
+        fatal: None,
+    };
+    let consumer = build_consumer(&args, sink)?;
+    kafka::wait_for_brokers(consumer.client(), &args.kafka, &shutdown)?;
+    consumer
+        .subscribe(&[&args.kafka.topic])
+        .context("subscribing to the topic")?;
+    log::info!("consuming {} as group {}", args.kafka.topic, args.group);
+
+    // After a failure the batch in hand is not trusted; it will be re-read from Kafka.
+    let result = consume(&consumer, &args, &shutdown)
+        .and_then(|()| consumer.context().sink().flush(&consumer));
+    let totals = consumer.context().sink().totals.clone();
+    log::info!(
+        "stored {} row(s) and {} rejected payload(s)",
+        totals.rows,
+        totals.rejected
+    );
+    result
+}
+
+fn consume(
+    consumer: &BaseConsumer<SinkContext>,
+    args: &SubArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let mut last_progress = Instant::now();
+    let mut reported = 0u64;
+    while !shutdown.requested() {
+        let wait = consumer.context().sink().time_left(args.batch_age);
+        match consumer.poll(wait.min(Duration::from_millis(100))) {
+            None => {}
+            Some(Ok(message)) => consumer.context().sink().accept(&message),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                consumer.context().sink().at_end.insert(partition);
+            }
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))) => {
+                log::info!(
+                    "topic {} does not exist yet; waiting for it",
+                    args.kafka.topic
+                );
+            }
+            Some(Err(error)) => log::warn!("Kafka: {error}"),
+        }
+        let mut sink = consumer.context().sink();
+        if let Some(fatal) = sink.fatal.take() {
+            return Err(fatal);
+        }
+        if sink.batch.len() >= args.batch_size as usize || sink.time_left(args.batch_age).is_zero()
+        {
+            sink.flush(consumer)?;
+        }
+        if args.once && sink.caught_up() {
+            sink.flush(consumer)?;
+            if sink.caught_up() {
+                log::info!("caught up with every assigned partition");
+                return Ok(());
+            }
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY && sink.totals.rows != reported {
+            log::info!("stored {} row(s) so far", sink.totals.rows);
+            reported = sink.totals.rows;
+            last_progress = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+fn build_consumer(args: &SubArgs, sink: Sink) -> anyhow::Result<BaseConsumer<SinkContext>> {
+    let mut config = kafka::client_config(&args.kafka)?;
+    config
+        .set("group.id", &args.group)
+        // Kafka's committed offsets are a courtesy for lag tools; the truth is in PostgreSQL.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        // Eager protocols only: the rebalance hook assigns whole sets at once.
+        .set("partition.assignment.strategy", "range,roundrobin");
+    config
+        .create_with_context(SinkContext {
+            sink: Mutex::new(sink),
+        })
+        .context("creating the Kafka consumer")
+}
+
+#[derive(Default, Clone)]
+struct Totals {
+    rows: u64,
+    rejected: u64,
+}
+
+/// Consumer context owning the database side, so the rebalance hook can flush before
+/// partitions leave and read stored offsets before they arrive.
+struct SinkContext {
+    sink: Mutex<Sink>,
+}
+
+impl SinkContext {
+    fn sink(&self) -> std::sync::MutexGuard<'_, Sink> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as R;
+        let mut sink = self.sink();
+        match err {
+            R::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                sink.on_assign(partitions);
+                if let Err(error) = consumer.assign(partitions) {
+                    log::error!("could not take the assigned partitions: {error}");
+                }
+            }
+            R::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(error) = sink.flush(consumer) {
+                    log::error!("batch dropped on revocation (it will be re-read): {error:#}");
+                }
+                sink.on_revoke();
+                if let Err(error) = consumer.unassign() {
+                    log::error!("could not release the revoked partitions: {error}");
+                }
+            }
+            other => log::error!("rebalance failed: {other:?}"),
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            log::warn!("Kafka offset commit failed (rows are safe in PostgreSQL): {error}");
+        }
+    }
+}
+
+/// The database connection plus everything consumed but not yet committed.
+struct Sink {
+    client: postgres::Client,
+    pg: PgTarget,
+    table: TableName,
+    topic: String,
+    connect_deadline: Duration,
+    shutdown: Shutdown,
+    batch: Batch,
+    batch_started: Option<Instant>,
+    /// Per assigned partition, the next offset PostgreSQL holds (None: no row yet).
+    expected: BTreeMap<i32, Option<i64>>,
+    /// Assigned partitions that reached their end and have nothing newer in hand.
+    at_end: BTreeSet<i32>,
+    totals: Totals,
+    /// An unrecoverable error raised inside a callback, surfaced by the main loop.
+    fatal: Option<anyhow::Error>,
+}
+
+impl Sink {
+    fn time_left(&self, batch_age: Duration) -> Duration {
+        self.batch_started.map_or(batch_age, |started| {
+            batch_age.saturating_sub(started.elapsed())
+        })
+    }
+
+    fn caught_up(&self) -> bool {
+        !self.expected.is_empty()
+            && self.batch.is_empty()
+            && self.expected.keys().all(|p| self.at_end.contains(p))
+    }
+
+    /// Adds one message to the batch, unless PostgreSQL already holds it.
+    fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        let offset = message.offset();
+        let Some(&stored) = self.expected.get(&partition) else {
+            return; // a straggler from a partition no longer ours
+        };
+        let next = self.batch.next_offsets.get(&partition).copied().or(stored);
+        match next {
+            Some(next) if offset < next => return,
+            Some(next) if offset > next => log::warn!(
+                "partition {partition}: offsets {next}..{offset} are gone from Kafka (retention?); continuing at {offset}"
+            ),
+            _ => {}
+        }
+        let payload = message.payload().unwrap_or_default();
+        match CheckResult::decode(payload) {
+            Ok(check) => self.batch.accepted.push(AcceptedRow {
+                check,
+                partition,
+                offset,
+            }),
+            Err(reason) => {
+                log::warn!("partition {partition} offset {offset} rejected: {reason}");
+                self.batch.rejected.push(RejectedRow {
+                    payload: payload.to_vec(),
+                    reason: reason.to_string(),
+                    partition,
+                    offset,
+                });
+            }
+        }
+        self.batch.next_offsets.insert(partition, offset + 1);
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.at_end.remove(&partition);
+    }
+
+    /// Commits the batch in PostgreSQL, then tells Kafka. On a lost connection or a
+    /// fence, the batch is dropped and consumption restarts from the stored offsets.
+    fn flush(&mut self, consumer: &BaseConsumer<SinkContext>) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_started = None;
+        match store::commit_batch(
+            &mut self.client,
+            &self.table,
+            &self.topic,
+            &batch,
+            &self.expected,
+        ) {
+            Ok(()) => {
+                self.totals.rows += batch.accepted.len() as u64;
+                self.totals.rejected += batch.rejected.len() as u64;
+                for (&partition, &next) in &batch.next_offsets {
+                    self.expected.insert(partition, Some(next));
+                }
+                self.commit_to_kafka(consumer, &batch.next_offsets);
+                Ok(())
+            }
+            Err(CommitError::Fenced { partition }) => {
+                log::warn!("partition {partition} was taken over; re-reading from stored offsets");
+                self.rewind(consumer)
+            }
+            Err(CommitError::Database(error)) => {
+                log::error!(
+                    "writing a batch of {} failed: {error}; rolling back",
+                    batch.len()
+                );
+                self.reconnect()?;
+                self.rewind(consumer)
+            }
+        }
+    }
+
+    fn commit_to_kafka(&self, consumer: &BaseConsumer<SinkContext>, next: &BTreeMap<i32, i64>) {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &offset) in next {
+            let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            log::warn!("Kafka offset commit failed (rows are safe in PostgreSQL): {error}");
+        }
+    }
+
+    fn reconnect(&mut self) -> anyhow::Result<()> {
+        if !self.client.is_closed() && self.client.is_valid(Duration::from_secs(5)).is_ok() {
+            return Ok(());
+        }
+        let pg = self.pg.clone();
+        self.client = retry_until(
+            &pg.describe(),
+            self.connect_deadline,
+            &self.shutdown,
+            || pg.connect(),
+        )?;
+        log::info!("reconnected to {}", pg.describe());
+        Ok(())
+    }
+
+    /// Reloads the stored offsets of every assigned partition and seeks to them.
+    fn rewind(&mut self, consumer: &BaseConsumer<SinkContext>) -> anyhow::Result<()> {
+        let partitions: Vec<i32> = self.expected.keys().copied().collect();
+        let stored = store::stored_offsets(&mut self.client, &self.table, &self.topic, &partitions)
+            .context("reading stored offsets")?;
+        for partition in partitions {
+            let next = stored.get(&partition).copied();
+            self.expected.insert(partition, next);
+            self.at_end.remove(&partition);
+            let position = next.map_or(Offset::Beginning, Offset::Offset);
+            consumer
+                .seek(&self.topic, partition, position, Duration::from_secs(10))
+                .with_context(|| format!("seeking partition {partition}"))?;
+        }
+        Ok(())
+    }
+
+    /// Points each newly assigned partition at the offset PostgreSQL holds for it.
+    fn on_assign(&mut self, partitions: &mut TopicPartitionList) {
+        let numbers: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let stored = match self.stored_offsets_with_retry(&numbers) {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.fatal = Some(error.context("reading stored offsets on assignment"));
+                BTreeMap::new()
+            }
+        };
+        for partition in numbers {
+            let next = stored.get(&partition).copied();
+            let position = next.map_or(Offset::Beginning, Offset::Offset);
+            let _ = partitions.set_partition_offset(&self.topic, partition, position);
+            self.expected.insert(partition, next);
+            self.at_end.remove(&partition);
+        }
+        log::info!(
+            "assigned partitions {:?}",
+            self.expected.keys().collect::<Vec<_>>()
+        );
+    }
+
+    fn on_revoke(&mut self) {
+        log::info!(
+            "partitions {:?} revoked",
+            self.expected.keys().collect::<Vec<_>>()
+        );
+        self.expected.clear();
+        self.at_end.clear();
+        self.batch = Batch::default();
+        self.batch_started = None;
+    }
+
+    fn stored_offsets_with_retry(
+        &mut self,
+        partitions: &[i32],
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        match store::stored_offsets(&mut self.client, &self.table, &self.topic, partitions) {
+            Ok(stored) => Ok(stored),
+            Err(error) => {
+                log::warn!("reading stored offsets failed: {error}; reconnecting");
+                self.reconnect()?;
+                Ok(store::stored_offsets(
+                    &mut self.client,
+                    &self.table,
+                    &self.topic,
+                    partitions,
+                )?)
+            }
+        }
+    }
+}
