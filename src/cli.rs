@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::pubsub::targets::parse_url;
 
@@ -13,6 +14,31 @@ use crate::pubsub::targets::parse_url;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process arguments; see [`Cli::from_matches`].
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        Cli::from_matches(&Cli::command().try_get_matches()?)
+    }
+
+    /// OpenSSL itself reads SSL_CERT_FILE as a CA bundle, and many machines export it
+    /// for that. So a certificate that only comes from that variable, with no key
+    /// beside it, is taken as that bundle and ignored here, not as a client certificate.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        let (_, sub_matches) = matches.subcommand().expect("a subcommand is required");
+        let kafka = match &mut cli.command {
+            Command::Pub(args) => &mut args.kafka,
+            Command::Sub(args) => &mut args.kafka,
+        };
+        let cert_from_env =
+            sub_matches.value_source("ssl_cert_file") == Some(ValueSource::EnvVariable);
+        if cert_from_env && kafka.ssl_key_file.is_none() {
+            kafka.ssl_cert_file = None;
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,7 +248,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("metrics-flow").chain(args.iter().copied()))
+        let argv = std::iter::once("metrics-flow").chain(args.iter().copied());
+        Cli::from_matches(&Cli::command().try_get_matches_from(argv)?)
     }
 
     fn pub_args(args: &[&str]) -> PubArgs {

@@ -151,7 +151,16 @@ impl SinkContext {
     }
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching a partition's end is how `--once` knows it is done, not a fault.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            log::debug!("{reason}");
+        } else {
+            log::error!("Kafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn rebalance(
