@@ -154,7 +154,10 @@ impl SinkContext {
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Reaching a partition's end is how `--once` knows it is done, not a fault.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             log::debug!("{reason}");
         } else {
             log::error!("Kafka: {error}: {reason}");
