@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, starts the local Kafka and PostgreSQL,
+# checks formatting and lints, and runs the unit and integration tests against them.
+# A stack that this script started is stopped again at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/deps.sh
+
+if ! bash scripts/stack.sh status >/dev/null 2>&1; then
+    trap 'bash scripts/stack.sh stop || true' EXIT
+fi
+# Not `eval "$(...)"`: that would hide a failed start.
+stack_env=$(bash scripts/stack.sh start)
+eval "$stack_env"
+
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
