@@ -7,6 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/deps.sh
 
+# The TLS listeners (Kafka mTLS and SASL_SSL, PostgreSQL ssl=on) are part of what is tested.
+export MF_TLS=${MF_TLS:-1}
+
 if ! bash scripts/stack.sh status >/dev/null 2>&1; then
     trap 'bash scripts/stack.sh stop || true' EXIT
 fi
