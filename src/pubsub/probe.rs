@@ -108,10 +108,13 @@ fn judge(target: &Target, exchange: Exchange, result: &mut CheckResult) {
     if let Some(pattern) = &target.pattern {
         result.pattern_found = Some(pattern.is_match(&exchange.body));
     }
-    let failure = if !(200..300).contains(&exchange.status) {
+    let failure = if !target.expect_status.contains(exchange.status) {
         Some((
             ErrorKind::Status,
-            format!("status {} is not in 200-299", exchange.status),
+            format!(
+                "status {} is not in {}",
+                exchange.status, target.expect_status
+            ),
         ))
     } else if result.pattern_found == Some(false) {
         Some((

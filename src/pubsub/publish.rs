@@ -28,7 +28,12 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 const LATE_AFTER: Duration = Duration::from_secs(1);
 
 pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let targets = targets::from_flags(&args.targets, args.pattern.as_ref());
+    let defaults = targets::Defaults {
+        pattern: args.pattern.clone(),
+        timeout: args.timeout,
+        interval: args.delay,
+    };
+    let targets = targets::from_flags(&args.targets, &defaults);
     if targets.is_empty() {
         return Err(UsageError::new("no targets: give --target URL (or TARGET)").into());
     }
