@@ -40,6 +40,42 @@ pub struct CheckResult {
     pub error_text: Option<String>,
     pub pattern: Option<String>,
     pub pattern_found: Option<bool>,
+    #[serde(flatten)]
+    pub details: Details,
+}
+
+/// Optional fields a producer adds: phase timings, TLS expiry and the response's shape.
+/// Absent fields are simply left out of the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ms: Option<f64>,
+    /// From the start of the check until the response headers arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_rfc3339"
+    )]
+    pub tls_expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_days_left: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// How much later than scheduled the check started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_lag_ms: Option<f64>,
 }
 
 /// Why `sub` refused a payload; stored as the rejected row's reason.
@@ -115,6 +151,27 @@ mod rfc3339 {
     }
 }
 
+mod optional_rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => super::rfc3339::serialize(at, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => DateTime::parse_from_rfc3339(&text)
+                .map(|at| Some(at.with_timezone(&Utc)))
+                .map_err(|e| serde::de::Error::custom(format!("'{text}': {e}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +191,11 @@ mod tests {
             error_text: Some("status 500 not in 200-299".into()),
             pattern: Some("ok".into()),
             pattern_found: None,
+            details: Details {
+                connect_ms: Some(0.5),
+                tls_expires_at: Some("2027-01-01T00:00:00Z".parse().unwrap()),
+                ..Details::default()
+            },
         }
     }
 

@@ -8,3 +8,4 @@ pub mod publish;
 pub mod store;
 pub mod subscribe;
 pub mod targets;
+pub mod transport;

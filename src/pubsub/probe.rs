@@ -1,33 +1,45 @@
-//! One HTTP check of one target: timing on a monotonic clock and a classified outcome.
+//! One HTTP check of one target: phase timings on a monotonic clock, the target's rules
+//! applied to the response, and every failure classified into a contract error kind.
 
+use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ureq::Agent;
+use ureq::http::{Request, Response};
+use ureq::{Agent, Body, ResponseExt};
 use uuid::Uuid;
 
-use super::message::{CheckResult, ErrorKind, SCHEMA_VERSION};
+use super::message::{CheckResult, Details, ErrorKind, SCHEMA_VERSION};
 use super::targets::Target;
+use super::transport::{self, OpensslConnector, Phases, TimedResolver, TimedTcp};
+use crate::error::UsageError;
+use ureq::unversioned::transport::Connector;
 
-/// Settings shared by every check this process makes.
-#[derive(Debug, Clone)]
-pub struct ProbeSettings {
-    pub timeout: Duration,
-    pub max_body_bytes: u64,
-}
-
-/// Performs checks; cheap to clone into worker threads.
+/// Performs checks; cheap to clone into worker threads. Holds one HTTP agent per
+/// distinct connection setup, shared by the targets that use it.
 #[derive(Clone)]
 pub struct Prober {
-    agent: Agent,
-    settings: ProbeSettings,
+    agents: Arc<Vec<Agent>>,
+    max_body_bytes: u64,
+}
+
+/// The connection settings that need an agent of their own.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AgentKey {
+    timeout: Duration,
+    max_redirects: u32,
+    tls_verify: bool,
+    ca_file: Option<PathBuf>,
 }
 
 /// What the HTTP exchange produced before the rules were applied.
 struct Exchange {
     status: u16,
     body: Vec<u8>,
+    details: Details,
 }
 
 /// A failed exchange: its kind, its detail, and the status if headers had arrived.
@@ -38,29 +50,46 @@ struct Failure {
 }
 
 impl Prober {
-    pub fn new(settings: ProbeSettings) -> Prober {
-        let config = Agent::config_builder()
-            .timeout_global(Some(settings.timeout))
-            .http_status_as_error(false)
-            .max_redirects(5)
-            // Each check must pay for its own connection, or latency would depend on
-            // whether a pooled socket happened to be free.
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .user_agent(concat!("metrics-flow/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Prober {
-            agent: config.into(),
-            settings,
+    /// One agent per target, in target order; targets with equal settings share one.
+    pub fn new(targets: &[Target], max_body_bytes: u64) -> Result<Prober, UsageError> {
+        let mut built: HashMap<AgentKey, Agent> = HashMap::new();
+        let mut agents = Vec::with_capacity(targets.len());
+        for target in targets {
+            let key = AgentKey {
+                timeout: target.timeout,
+                max_redirects: if target.follow_redirects {
+                    target.max_redirects
+                } else {
+                    0
+                },
+                tls_verify: target.tls_verify,
+                ca_file: target.ca_file.clone(),
+            };
+            let agent = match built.get(&key) {
+                Some(agent) => agent.clone(),
+                None => {
+                    let agent = build_agent(&key, target.follow_redirects)
+                        .map_err(|e| UsageError::new(format!("{}: {e}", target.url)))?;
+                    built.insert(key, agent.clone());
+                    agent
+                }
+            };
+            agents.push(agent);
         }
+        Ok(Prober {
+            agents: Arc::new(agents),
+            max_body_bytes,
+        })
     }
 
-    pub fn check(&self, target: &Target) -> CheckResult {
+    /// Checks the target at `index` in the list given to `new`.
+    pub fn check(&self, index: usize, target: &Target) -> CheckResult {
         let checked_at = Utc::now();
+        transport::reset_phases();
         let started = Instant::now();
-        let exchange = self.exchange(target);
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let pattern = target.pattern.as_ref().map(|p| p.as_str().to_owned());
+        let exchange = self.exchange(&self.agents[index], target, started);
+        let latency_ms = millis(started.elapsed());
+        let phases = transport::take_phases();
         let mut result = CheckResult {
             v: SCHEMA_VERSION,
             id: Uuid::new_v4(),
@@ -71,43 +100,130 @@ impl Prober {
             latency_ms: Some(latency_ms),
             error_kind: None,
             error_text: None,
-            pattern,
+            pattern: target.pattern.as_ref().map(|p| p.as_str().to_owned()),
             pattern_found: None,
+            details: Details::default(),
         };
         match exchange {
             Ok(exchange) => judge(target, exchange, &mut result),
             Err(failure) => {
                 result.http_status = failure.status;
                 result.error_kind = Some(failure.kind);
-                result.error_text = Some(failure.text);
+                result.error_text = Some(tls_reason(failure, &phases));
             }
         }
+        add_phases(&mut result.details, &phases);
         result
     }
 
-    fn exchange(&self, target: &Target) -> Result<Exchange, Failure> {
-        let mut response = self
-            .agent
-            .get(target.url.as_str())
-            .call()
-            .map_err(|e| classify(&e, None))?;
+    fn exchange(
+        &self,
+        agent: &Agent,
+        target: &Target,
+        started: Instant,
+    ) -> Result<Exchange, Failure> {
+        let mut response = send(agent, target).map_err(|e| classify(&e, None))?;
+        let ttfb = started.elapsed();
         let status = response.status().as_u16();
+        let mut details = describe_response(&response);
+        details.ttfb_ms = Some(millis(ttfb));
         let body = response
             .body_mut()
             .with_config()
-            .limit(self.settings.max_body_bytes)
+            .limit(self.max_body_bytes)
             .read_to_vec()
             .map_err(|e| classify(&e, Some(status)))?;
-        Ok(Exchange { status, body })
+        details.body_bytes = Some(body.len() as u64);
+        Ok(Exchange {
+            status,
+            body,
+            details,
+        })
+    }
+}
+
+fn build_agent(key: &AgentKey, follow_redirects: bool) -> Result<Agent, String> {
+    let config = Agent::config_builder()
+        .timeout_global(Some(key.timeout))
+        .http_status_as_error(false)
+        .max_redirects(key.max_redirects)
+        .max_redirects_will_error(follow_redirects)
+        .save_redirect_history(true)
+        .allow_non_standard_methods(true)
+        // Each check must pay for its own connection, or latency would depend on
+        // whether a pooled socket happened to be free.
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        .user_agent(concat!("metrics-flow/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let tls = OpensslConnector::new(key.tls_verify, key.ca_file.as_deref())?;
+    let connector = ().chain(TimedTcp::default()).chain(tls);
+    Ok(Agent::with_parts(
+        config,
+        connector,
+        TimedResolver::default(),
+    ))
+}
+
+fn send(agent: &Agent, target: &Target) -> Result<Response<Body>, ureq::Error> {
+    let mut request = Request::builder()
+        .method(target.method.as_str())
+        .uri(target.url.as_str());
+    for (name, value) in &target.headers {
+        request = request.header(name, value);
+    }
+    match &target.body {
+        None => agent.run(request.body(())?),
+        Some(body) => agent.run(request.body(body.as_bytes())?),
+    }
+}
+
+fn describe_response(response: &Response<Body>) -> Details {
+    Details {
+        http_version: Some(format!("{:?}", response.version())),
+        final_url: Some(response.get_uri().to_string()),
+        redirects: Some(
+            response
+                .get_redirect_history()
+                .map_or(0, |history| history.len().saturating_sub(1) as u32),
+        ),
+        ..Details::default()
+    }
+}
+
+fn add_phases(details: &mut Details, phases: &Phases) {
+    details.dns_ms = phases.dns.map(millis);
+    details.connect_ms = phases.connect.map(millis);
+    details.tls_ms = phases.tls.map(millis);
+    if let Some(expires) = phases.tls_expires_at {
+        details.tls_expires_at = Some(expires);
+        details.tls_days_left = Some((expires - Utc::now()).num_days());
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// ureq's TLS errors carry no detail; OpenSSL's reason was recorded during the handshake.
+fn tls_reason(failure: Failure, phases: &Phases) -> String {
+    match (&failure.kind, &phases.tls_failure) {
+        (ErrorKind::Tls, Some(reason)) => format!("{}: {reason}", failure.text),
+        _ => failure.text,
     }
 }
 
 /// Applies the status and pattern rules to a complete exchange.
 fn judge(target: &Target, exchange: Exchange, result: &mut CheckResult) {
     result.http_status = Some(exchange.status);
+    result.details = exchange.details;
     if let Some(pattern) = &target.pattern {
         result.pattern_found = Some(pattern.is_match(&exchange.body));
     }
+    let forbidden = target
+        .forbid_pattern
+        .as_ref()
+        .filter(|p| p.is_match(&exchange.body));
     let failure = if !target.expect_status.contains(exchange.status) {
         Some((
             ErrorKind::Status,
@@ -122,7 +238,15 @@ fn judge(target: &Target, exchange: Exchange, result: &mut CheckResult) {
             "pattern not found in the body".to_owned(),
         ))
     } else {
-        None
+        forbidden.map(|forbidden| {
+            (
+                ErrorKind::Pattern,
+                format!(
+                    "forbidden pattern '{}' found in the body",
+                    forbidden.as_str()
+                ),
+            )
+        })
     };
     match failure {
         None => result.ok = true,
@@ -140,7 +264,7 @@ fn classify(error: &ureq::Error, status: Option<u16>) -> Failure {
         E::Timeout(ureq::Timeout::Connect) => ErrorKind::ConnectTimeout,
         E::Timeout(ureq::Timeout::Resolve) => ErrorKind::Dns,
         E::Timeout(_) => ErrorKind::Timeout,
-        E::Tls(_) | E::Pem(_) | E::Rustls(_) => ErrorKind::Tls,
+        E::Tls(_) => ErrorKind::Tls,
         E::Protocol(_) => ErrorKind::Protocol,
         E::TooManyRedirects => ErrorKind::TooManyRedirects,
         E::BodyExceedsLimit(_) => ErrorKind::BodyTooLarge,
@@ -162,8 +286,6 @@ fn classify_io(error: &io::Error) -> ErrorKind {
         | io::ErrorKind::UnexpectedEof
         | io::ErrorKind::BrokenPipe => ErrorKind::Reset,
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
-        // std reports getaddrinfo failures with no dedicated kind, only this wording.
-        _ if error.to_string().contains("failed to lookup address") => ErrorKind::Dns,
         _ => ErrorKind::Other,
     }
 }

@@ -16,7 +16,7 @@ use rdkafka::ClientContext;
 
 use super::kafka;
 use super::message::CheckResult;
-use super::probe::{ProbeSettings, Prober};
+use super::probe::Prober;
 use super::targets::{self, Target};
 use crate::cli::PubArgs;
 use crate::error::UsageError;
@@ -39,10 +39,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let producer = build_producer(&args)?;
     kafka::wait_for_brokers(producer.client(), &args.kafka, &shutdown)?;
-    let prober = Prober::new(ProbeSettings {
-        timeout: args.timeout,
-        max_body_bytes: args.max_body_bytes,
-    });
+    let prober = Prober::new(&targets, args.max_body_bytes)?;
     let targets = Arc::new(targets);
     let pool = CheckerPool::start(usize::from(args.concurrency), prober, Arc::clone(&targets));
     let mut publisher = Publisher {
@@ -50,7 +47,8 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         topic: &args.kafka.topic,
         dropped: 0,
     };
-    let mut schedule = Schedule::new(targets.len(), args.delay, args.once);
+    let intervals: Vec<Duration> = targets.iter().map(|t| t.interval).collect();
+    let mut schedule = Schedule::new(&intervals, args.once);
     log::info!(
         "checking {} target(s) every {:?} with up to {} at once",
         targets.len(),
@@ -95,8 +93,9 @@ fn run_rounds(
                 let Some((index, due)) = schedule.pop_due(now) else {
                     break;
                 };
-                lag.record(now.saturating_duration_since(due));
-                pool.dispatch(index);
+                let late = now.saturating_duration_since(due);
+                lag.record(late);
+                pool.dispatch(index, late);
                 in_flight += 1;
             }
             if schedule.is_finished() && in_flight == 0 {
@@ -229,14 +228,14 @@ impl Publisher<'_> {
 /// Blocking worker threads that run checks handed to them by index.
 struct CheckerPool {
     size: usize,
-    jobs: Option<Sender<usize>>,
+    jobs: Option<Sender<(usize, Duration)>>,
     results: Receiver<(usize, CheckResult)>,
     workers: Vec<thread::JoinHandle<()>>,
 }
 
 impl CheckerPool {
     fn start(size: usize, prober: Prober, targets: Arc<Vec<Target>>) -> CheckerPool {
-        let (jobs, job_queue) = mpsc::channel::<usize>();
+        let (jobs, job_queue) = mpsc::channel::<(usize, Duration)>();
         let (result_sink, results) = mpsc::channel();
         let job_queue = Arc::new(Mutex::new(job_queue));
         let workers = (0..size)
@@ -250,8 +249,9 @@ impl CheckerPool {
                     .stack_size(256 * 1024)
                     .spawn(move || loop {
                         let next = job_queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(index) = next else { return };
-                        let result = prober.check(&targets[index]);
+                        let Ok((index, late)) = next else { return };
+                        let mut result = prober.check(index, &targets[index]);
+                        result.details.schedule_lag_ms = Some(late.as_secs_f64() * 1000.0);
                         if result_sink.send((index, result)).is_err() {
                             return;
                         }
@@ -267,9 +267,10 @@ impl CheckerPool {
         }
     }
 
-    fn dispatch(&self, index: usize) {
+    fn dispatch(&self, index: usize, late: Duration) {
         if let Some(jobs) = &self.jobs {
-            jobs.send(index).expect("checker threads outlive the pool");
+            jobs.send((index, late))
+                .expect("checker threads outlive the pool");
         }
     }
 }
@@ -292,17 +293,20 @@ impl Drop for CheckerPool {
 struct Schedule {
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     last_due: Vec<Instant>,
-    interval: Duration,
+    intervals: Vec<Duration>,
     once: bool,
     outstanding: usize,
 }
 
 impl Schedule {
-    fn new(count: usize, interval: Duration, once: bool) -> Schedule {
+    fn new(intervals: &[Duration], once: bool) -> Schedule {
         let start = Instant::now();
+        let count = intervals.len();
         // Spread first checks over one interval so many targets do not fire together.
-        let first_due: Vec<Instant> = (0..count)
-            .map(|i| {
+        let first_due: Vec<Instant> = intervals
+            .iter()
+            .enumerate()
+            .map(|(i, interval)| {
                 if once {
                     start
                 } else {
@@ -318,7 +322,7 @@ impl Schedule {
         Schedule {
             due,
             last_due: first_due,
-            interval,
+            intervals: intervals.to_vec(),
             once,
             outstanding: count,
         }
@@ -344,7 +348,7 @@ impl Schedule {
         }
         // Keep the cadence of the original slot; if the check overran its slot,
         // start the next one as soon as possible rather than bursting to catch up.
-        let mut next = self.last_due[index] + self.interval;
+        let mut next = self.last_due[index] + self.intervals[index];
         let now = Instant::now();
         if next < now {
             next = now;
@@ -400,7 +404,7 @@ mod tests {
 
     #[test]
     fn first_checks_are_spread_over_one_interval() {
-        let schedule = Schedule::new(4, Duration::from_secs(40), false);
+        let schedule = Schedule::new(&[Duration::from_secs(40); 4], false);
         let mut dues: Vec<Instant> = schedule.last_due.clone();
         dues.sort();
         let gaps: Vec<u64> = dues.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
@@ -409,7 +413,7 @@ mod tests {
 
     #[test]
     fn once_schedules_everything_now_and_finishes() {
-        let mut schedule = Schedule::new(2, Duration::from_secs(30), true);
+        let mut schedule = Schedule::new(&[Duration::from_secs(30); 2], true);
         let now = Instant::now();
         let a = schedule.pop_due(now).unwrap().0;
         let b = schedule.pop_due(now).unwrap().0;
@@ -422,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_completed_target_is_due_one_interval_after_its_slot() {
-        let mut schedule = Schedule::new(1, Duration::from_secs(30), false);
+        let mut schedule = Schedule::new(&[Duration::from_secs(30)], false);
         let (index, due) = schedule.pop_due(Instant::now()).unwrap();
         schedule.completed(index);
         assert_eq!(schedule.next_due(), Some(due + Duration::from_secs(30)));

@@ -137,9 +137,10 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatu
     (child.wait().unwrap(), stderr)
 }
 
-/// A loopback HTTP/1.1 server. Routes:
-/// `/ok` 200 "all is well"; `/delay/<ms>` waits, then 200 "slow but well";
-/// `/status/<code>` that status.
+/// A loopback HTTP/1.1 server whose routes behave, or misbehave, as named:
+/// `/ok`, `/delay/<ms>`, `/status/<code>`, `/redirect-loop`, `/redirect-once`,
+/// `/big/<bytes>`, `/binary`, `/stall-headers`, `/stall-body`, `/close-mid-body`,
+/// `/garbage`, `/slowloris`, `/chunked-forever`.
 pub struct TestServer {
     pub port: u16,
     pub requests: Arc<AtomicUsize>,
@@ -189,31 +190,195 @@ fn serve(stream: TcpStream, counter: &AtomicUsize) {
         .nth(1)
         .unwrap_or("/")
         .to_owned();
-    let (status, body) = route(&path);
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.flush();
+    respond(&path, stream);
 }
 
-fn route(path: &str) -> (u16, String) {
+/// How long a misbehaving route keeps misbehaving; far beyond any check's timeout.
+const STALL: Duration = Duration::from_secs(30);
+
+fn respond(path: &str, mut stream: TcpStream) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["ok"] => (200, "all is well".into()),
+    let _ = match parts.as_slice() {
+        ["ok"] => reply(&mut stream, 200, &[], b"all is well"),
         ["delay", ms] => {
             thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
-            (200, "slow but well".into())
+            reply(&mut stream, 200, &[], b"slow but well")
         }
-        ["status", code] => (code.parse().unwrap_or(500), "status page".into()),
-        _ => (404, "no such route".into()),
+        ["status", code] => reply(
+            &mut stream,
+            code.parse().unwrap_or(500),
+            &[],
+            b"status page",
+        ),
+        ["redirect-loop"] => reply(&mut stream, 302, &["Location: /redirect-loop"], b""),
+        ["redirect-once"] => reply(&mut stream, 302, &["Location: /ok"], b""),
+        ["big", bytes] => reply(
+            &mut stream,
+            200,
+            &[],
+            &vec![b'x'; bytes.parse().unwrap_or(0)],
+        ),
+        ["binary"] => reply(
+            &mut stream,
+            200,
+            &[],
+            b"\xff\xfe\x00 invalid utf-8, then the needle \xc3",
+        ),
+        ["stall-headers"] => {
+            thread::sleep(STALL);
+            Ok(())
+        }
+        ["stall-body"] => write_then_stall(
+            &mut stream,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial",
+        ),
+        ["close-mid-body"] => {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        }
+        ["garbage"] => stream.write_all(b"THIS IS NOT HTTP AT ALL\r\n\r\n"),
+        ["slowloris"] => drip(&mut stream, b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a"),
+        ["chunked-forever"] => drip(
+            &mut stream,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"10\r\n0123456789abcdef\r\n",
+        ),
+        _ => reply(&mut stream, 404, &[], b"no such route"),
+    };
+}
+
+fn reply(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[&str],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
     }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+fn write_then_stall(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes)?;
+    thread::sleep(STALL);
+    Ok(())
+}
+
+/// Sends `head`, then `piece` every 50 ms until the client goes away or STALL passes.
+fn drip(stream: &mut TcpStream, head: &[u8], piece: &[u8]) -> std::io::Result<()> {
+    stream.write_all(head)?;
+    let until = Instant::now() + STALL;
+    while Instant::now() < until {
+        stream.write_all(piece)?;
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A loopback HTTPS server with a self-signed certificate for `localhost`, made with the
+/// openssl CLI when the server starts. Every request gets 200 "all is well over tls".
+pub struct TlsServer {
+    pub port: u16,
+    pub cert_file: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl TlsServer {
+    pub fn start(days_valid: u32) -> TlsServer {
+        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+        let dir = TempDir::new("tls");
+        let cert_file = dir.path.join("cert.pem");
+        let key_file = dir.path.join("key.pem");
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-days", &days_valid.to_string()])
+            .arg("-keyout")
+            .arg(&key_file)
+            .arg("-out")
+            .arg(&cert_file)
+            .stderr(Stdio::null())
+            .status()
+            .expect("running openssl");
+        assert!(status.success(), "openssl could not make a certificate");
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor
+            .set_private_key_file(&key_file, SslFiletype::PEM)
+            .unwrap();
+        acceptor.set_certificate_chain_file(&cert_file).unwrap();
+        let acceptor = Arc::new(acceptor.build());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let acceptor = Arc::clone(&acceptor);
+                thread::spawn(move || {
+                    // A client that rejects the certificate ends the handshake; that's expected.
+                    let Ok(mut tls) = acceptor.accept(stream) else {
+                        return;
+                    };
+                    let mut buffer = [0u8; 4096];
+                    let _ = tls.read(&mut buffer);
+                    let body = b"all is well over tls";
+                    let _ = write!(
+                        tls,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tls.write_all(body);
+                    let _ = tls.shutdown();
+                });
+            }
+        });
+        TlsServer {
+            port,
+            cert_file,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(&format!("metrics-flow-{prefix}")));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }

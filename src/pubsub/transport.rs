@@ -1,0 +1,257 @@
+//! Instrumented connections for the prober: DNS, TCP connect and TLS handshake each timed,
+//! and TLS done with OpenSSL so the peer certificate's expiry can be read.
+//!
+//! ureq runs resolvers and connectors on the thread that makes the request, and each
+//! check runs on one worker thread, so the phases of the check in progress are kept in
+//! a thread-local record.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use openssl::asn1::Asn1Time;
+use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::X509Ref;
+use ureq::config::Config;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
+    Transport, TransportAdapter,
+};
+use ureq::Error;
+
+/// What one check's connection phases took; summed over redirects.
+#[derive(Debug, Default, Clone)]
+pub struct Phases {
+    pub dns: Option<Duration>,
+    pub connect: Option<Duration>,
+    pub tls: Option<Duration>,
+    pub tls_expires_at: Option<DateTime<Utc>>,
+    /// OpenSSL's reason when the handshake failed; ureq's own error carries none.
+    pub tls_failure: Option<String>,
+}
+
+thread_local! {
+    static PHASES: RefCell<Phases> = RefCell::new(Phases::default());
+}
+
+/// Starts a fresh record for the check about to run on this thread.
+pub fn reset_phases() {
+    PHASES.with(|p| *p.borrow_mut() = Phases::default());
+}
+
+/// The record of the check that just ran on this thread.
+pub fn take_phases() -> Phases {
+    PHASES.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+fn add(slot: impl FnOnce(&mut Phases) -> &mut Option<Duration>, took: Duration) {
+    PHASES.with(|p| {
+        let mut phases = p.borrow_mut();
+        let entry = slot(&mut phases);
+        *entry = Some(entry.unwrap_or_default() + took);
+    });
+}
+
+/// ureq's resolver, timed.
+#[derive(Debug, Default)]
+pub struct TimedResolver(DefaultResolver);
+
+impl Resolver for TimedResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, Error> {
+        let started = Instant::now();
+        let result = self.0.resolve(uri, config, timeout);
+        add(|p| &mut p.dns, started.elapsed());
+        // std reports lookup failures as plain I/O errors; name them for what they are.
+        result.map_err(|e| match e {
+            Error::Io(_) => Error::HostNotFound,
+            other => other,
+        })
+    }
+}
+
+/// ureq's TCP connector, timed.
+#[derive(Debug, Default)]
+pub struct TimedTcp(TcpConnector);
+
+impl<In: Transport> Connector<In> for TimedTcp {
+    type Out = <TcpConnector as Connector<In>>::Out;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, Error> {
+        let started = Instant::now();
+        let result = self.0.connect(details, chained);
+        add(|p| &mut p.connect, started.elapsed());
+        result
+    }
+}
+
+/// TLS through OpenSSL, configured per target: verification on or off, an extra CA.
+pub struct OpensslConnector {
+    connector: SslConnector,
+    verify: bool,
+}
+
+impl fmt::Debug for OpensslConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpensslConnector")
+            .field("verify", &self.verify)
+            .finish()
+    }
+}
+
+impl OpensslConnector {
+    pub fn new(verify: bool, extra_ca: Option<&Path>) -> Result<OpensslConnector, String> {
+        let mut builder = SslConnector::builder(SslMethod::tls_client())
+            .map_err(|e| format!("TLS setup failed: {e}"))?;
+        if let Some(ca) = extra_ca {
+            builder
+                .set_ca_file(ca)
+                .map_err(|e| format!("ca_file '{}' is not a PEM CA: {e}", ca.display()))?;
+        }
+        if !verify {
+            builder.set_verify(SslVerifyMode::NONE);
+        }
+        Ok(OpensslConnector {
+            connector: builder.build(),
+            verify,
+        })
+    }
+
+    fn handshake(
+        &self,
+        details: &ConnectionDetails,
+        transport: Box<dyn Transport>,
+    ) -> Result<SslStream<TransportAdapter>, Error> {
+        let host = details
+            .uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let mut socket = TransportAdapter::new(transport, details.current_time.clone());
+        socket.set_timeout(details.timeout);
+        let mut config = self.connector.configure().map_err(tls_setup_error)?;
+        config.set_verify_hostname(self.verify);
+        // SNI must not carry an IP address.
+        config.set_use_server_name_indication(host.parse::<std::net::IpAddr>().is_err());
+        config.connect(host, socket).map_err(handshake_error)
+    }
+}
+
+fn tls_setup_error(error: openssl::error::ErrorStack) -> Error {
+    record_tls_failure(error.to_string());
+    Error::Tls("TLS setup failed")
+}
+
+/// A handshake that failed on the socket keeps its transport error (timeout, reset);
+/// one that failed in TLS itself becomes a TLS error, with OpenSSL's reason recorded.
+fn handshake_error(error: HandshakeError<TransportAdapter>) -> Error {
+    let failure = match error {
+        HandshakeError::SetupFailure(stack) => return tls_setup_error(stack),
+        HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => mid.into_error(),
+    };
+    let failure = match failure.into_io_error() {
+        Ok(io_error) => return Error::from(io_error),
+        Err(failure) => failure,
+    };
+    let reason = match failure.ssl_error() {
+        Some(stack) => stack.to_string(),
+        None => failure.to_string(),
+    };
+    record_tls_failure(reason);
+    Error::Tls("TLS handshake failed")
+}
+
+fn record_tls_failure(reason: String) {
+    PHASES.with(|p| p.borrow_mut().tls_failure = Some(reason));
+}
+
+impl<In: Transport> Connector<In> for OpensslConnector {
+    type Out = Either<In, TlsTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, Error> {
+        let Some(transport) = chained else {
+            return Err(Error::ConnectionFailed);
+        };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let started = Instant::now();
+        let stream = self.handshake(details, transport.boxed());
+        add(|p| &mut p.tls, started.elapsed());
+        let stream = stream?;
+        if let Some(expiry) = stream.ssl().peer_certificate().and_then(|c| not_after(&c)) {
+            PHASES.with(|p| p.borrow_mut().tls_expires_at = Some(expiry));
+        }
+        let buffers = LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        );
+        Ok(Some(Either::B(TlsTransport { buffers, stream })))
+    }
+}
+
+fn not_after(certificate: &X509Ref) -> Option<DateTime<Utc>> {
+    let epoch = Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(certificate.not_after()).ok()?;
+    let seconds = i64::from(diff.days) * 86_400 + i64::from(diff.secs);
+    DateTime::from_timestamp(seconds, 0)
+}
+
+/// An established TLS connection, speaking ureq's transport interface.
+pub struct TlsTransport {
+    buffers: LazyBuffers,
+    stream: SslStream<TransportAdapter>,
+}
+
+impl fmt::Debug for TlsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsTransport")
+    }
+}
+
+impl Transport for TlsTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        self.stream.get_mut().set_timeout(timeout);
+        let output = &self.buffers.output()[..amount];
+        self.stream.write_all(output)?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        self.stream.get_mut().set_timeout(timeout);
+        let input = self.buffers.input_append_buf();
+        let amount = self.stream.read(input)?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.get_mut().get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
