@@ -163,6 +163,14 @@ pub struct PubArgs {
     #[arg(long, env = "CONCURRENCY", default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
+    /// Partitions of the topic when pub has to create it [default: the broker's].
+    #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: Option<i32>,
+
+    /// Replication factor of the topic when pub has to create it [default: the broker's].
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
+
     /// Most bytes of a response body read for the pattern; a longer body is a body_too_large failure.
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
     pub max_body_bytes: u64,

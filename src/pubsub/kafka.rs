@@ -1,11 +1,16 @@
 //! librdkafka client settings from the shared Kafka flags: bootstrap, TLS files and SASL.
 
-use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::Client;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::cli::{KafkaArgs, SecurityProtocol};
@@ -18,28 +23,13 @@ pub fn client_config(args: &KafkaArgs) -> Result<ClientConfig, UsageError> {
     config.set("bootstrap.servers", &args.broker);
     let protocol = security_protocol(args)?;
     config.set("security.protocol", protocol.as_librdkafka());
-    for (flag, env, path, key) in [
-        (
-            "--ssl-ca-file",
-            "SSL_CA_FILE",
-            &args.ssl_ca_file,
-            "ssl.ca.location",
-        ),
-        (
-            "--ssl-cert-file",
-            "SSL_CERT_FILE",
-            &args.ssl_cert_file,
-            "ssl.certificate.location",
-        ),
-        (
-            "--ssl-key-file",
-            "SSL_KEY_FILE",
-            &args.ssl_key_file,
-            "ssl.key.location",
-        ),
+    check_tls_files(args)?;
+    for (path, key) in [
+        (&args.ssl_ca_file, "ssl.ca.location"),
+        (&args.ssl_cert_file, "ssl.certificate.location"),
+        (&args.ssl_key_file, "ssl.key.location"),
     ] {
         if let Some(path) = path {
-            require_readable(flag, env, path)?;
             config.set(key, path.to_string_lossy());
         }
     }
@@ -83,13 +73,49 @@ fn security_protocol(args: &KafkaArgs) -> Result<SecurityProtocol, UsageError> {
     Ok(protocol)
 }
 
-fn require_readable(flag: &str, env: &str, path: &Path) -> Result<(), UsageError> {
-    File::open(path).map(drop).map_err(|e| {
-        UsageError::new(format!(
-            "{flag} ({env}): cannot read '{}': {e}",
-            path.display()
-        ))
-    })
+/// Reads each given PEM file now, so a wrong path or a mismatched key is a clear
+/// usage error instead of a TLS failure deep inside librdkafka later.
+fn check_tls_files(args: &KafkaArgs) -> Result<(), UsageError> {
+    if let Some(path) = &args.ssl_ca_file {
+        let pem = read_pem("--ssl-ca-file (SSL_CA_FILE)", path)?;
+        if X509::stack_from_pem(&pem).map_or(true, |certs| certs.is_empty()) {
+            return Err(UsageError::new(format!(
+                "--ssl-ca-file (SSL_CA_FILE): '{}' holds no PEM certificate",
+                path.display()
+            )));
+        }
+    }
+    let (Some(cert_path), Some(key_path)) = (&args.ssl_cert_file, &args.ssl_key_file) else {
+        return Ok(());
+    };
+    let cert =
+        X509::from_pem(&read_pem("--ssl-cert-file (SSL_CERT_FILE)", cert_path)?).map_err(|_| {
+            UsageError::new(format!(
+                "--ssl-cert-file (SSL_CERT_FILE): '{}' is not a PEM certificate",
+                cert_path.display()
+            ))
+        })?;
+    let key = PKey::private_key_from_pem(&read_pem("--ssl-key-file (SSL_KEY_FILE)", key_path)?)
+        .map_err(|_| {
+            UsageError::new(format!(
+                "--ssl-key-file (SSL_KEY_FILE): '{}' is not an unencrypted PEM private key",
+                key_path.display()
+            ))
+        })?;
+    let matches = cert.public_key().is_ok_and(|public| public.public_eq(&key));
+    if !matches {
+        return Err(UsageError::new(format!(
+            "--ssl-key-file (SSL_KEY_FILE) '{}' does not match the certificate in --ssl-cert-file (SSL_CERT_FILE) '{}'",
+            key_path.display(),
+            cert_path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
+    std::fs::read(path)
+        .map_err(|e| UsageError::new(format!("{flag}: cannot read '{}': {e}", path.display())))
 }
 
 /// Waits until the brokers answer a metadata request, or the connect deadline passes.
@@ -105,4 +131,44 @@ pub fn wait_for_brokers<C: ClientContext>(
             .map(drop)
             .map_err(anyhow::Error::from)
     })
+}
+
+/// Creates the topic when it is missing, with the requested layout (-1: the broker's
+/// default). A broker that refuses (no permission, creation disabled) gets a warning,
+/// not an exit: it may still create the topic on first write, or an operator will.
+pub fn ensure_topic(args: &KafkaArgs, partitions: i32, replication: i32) -> anyhow::Result<()> {
+    let mut config = client_config(args)?;
+    // Looking the topic up must not auto-create it with the broker's defaults.
+    config.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating the Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .context("looking up the topic")?;
+    let exists = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == args.topic && t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
+    let topic = NewTopic::new(
+        &args.topic,
+        partitions,
+        TopicReplication::Fixed(replication),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics([&topic], &options))
+        .context("creating the topic")?;
+    for result in results {
+        match result {
+            Ok(name) => log::info!("created topic {name}"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => log::warn!(
+                "could not create topic {name} ({code}); publishing anyway, the broker may create it"
+            ),
+        }
+    }
+    Ok(())
 }

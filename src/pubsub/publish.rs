@@ -39,6 +39,11 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let producer = build_producer(&args)?;
     kafka::wait_for_brokers(producer.client(), &args.kafka, &shutdown)?;
+    kafka::ensure_topic(
+        &args.kafka,
+        args.partitions.unwrap_or(-1),
+        args.replication_factor.unwrap_or(-1),
+    )?;
     let prober = Prober::new(&targets, args.max_body_bytes)?;
     let targets = Arc::new(targets);
     let pool = CheckerPool::start(usize::from(args.concurrency), prober, Arc::clone(&targets));

@@ -124,6 +124,8 @@ fn build_consumer(args: &SubArgs, sink: Sink) -> anyhow::Result<BaseConsumer<Sin
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        // A topic that does not exist yet is noticed at the next metadata refresh.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         // Eager protocols only: the rebalance hook assigns whole sets at once.
         .set("partition.assignment.strategy", "range,roundrobin");
     config
@@ -153,10 +155,14 @@ impl SinkContext {
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Reaching a partition's end is how `--once` knows it is done, not a fault.
+        // Reaching a partition's end is how `--once` knows it is done, and a topic that
+        // does not exist yet is waited for (the poll loop says so): neither is a fault.
         if matches!(
             error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(
+                    RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::UnknownTopicOrPartition
+                )
         ) {
             log::debug!("{reason}");
         } else {
