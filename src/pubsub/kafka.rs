@@ -1,6 +1,7 @@
 //! librdkafka client settings from the shared Kafka flags: bootstrap, TLS files and SASL.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,7 +10,8 @@ use openssl::x509::X509;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::Client;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
@@ -43,7 +45,7 @@ pub fn client_config(args: &KafkaArgs) -> Result<ClientConfig, UsageError> {
         config.set("sasl.password", password);
     }
     // Keep librdkafka's own logs at the level the user chose through RUST_LOG.
-    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    config.set_log_level(RDKafkaLogLevel::Warning);
     Ok(config)
 }
 
@@ -118,18 +120,64 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
         .map_err(|e| UsageError::new(format!("{flag}: cannot read '{}': {e}", path.display())))
 }
 
+/// The latest error librdkafka reported through a client's context. A failed metadata
+/// request only says "transport failure"; the reason (a rejected certificate, bad SASL
+/// credentials) arrives here, so the user is told that instead.
+#[derive(Default)]
+pub struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    pub fn record(&self, error: &KafkaError, reason: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{error}: {reason}"));
+    }
+
+    /// Passes librdkafka's log line on to the `log` crate; error-level lines (a failed
+    /// TLS handshake or SASL login is reported only this way) are also kept.
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                log::error!(target: "librdkafka", "{facility}: {message}");
+                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_owned());
+            }
+            L::Warning => log::warn!(target: "librdkafka", "{facility}: {message}"),
+            L::Notice | L::Info => log::info!(target: "librdkafka", "{facility}: {message}"),
+            L::Debug => log::debug!(target: "librdkafka", "{facility}: {message}"),
+        }
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A client context that keeps librdkafka's latest error.
+pub trait KeepsLastError: ClientContext {
+    fn last_error(&self) -> &LastError;
+}
+
 /// Waits until the brokers answer a metadata request, or the connect deadline passes.
-pub fn wait_for_brokers<C: ClientContext>(
+/// `serve_events` polls the client so librdkafka's error callbacks run in between.
+pub fn wait_for_brokers<C: KeepsLastError>(
     client: &Client<C>,
+    serve_events: impl Fn(),
     args: &KafkaArgs,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let what = format!("Kafka at {}", args.broker);
+    let attempt_limit = args.connect_deadline.min(Duration::from_secs(5));
     retry_until(&what, args.connect_deadline, shutdown, || {
         client
-            .fetch_metadata(None, Duration::from_secs(5))
+            .fetch_metadata(None, attempt_limit)
             .map(drop)
-            .map_err(anyhow::Error::from)
+            .map_err(|error| {
+                serve_events();
+                error
+            })
+            .map_err(|error| {
+                let reason = client.context().last_error().take();
+                anyhow::anyhow!(reason.unwrap_or_else(|| error.to_string()))
+            })
     })
 }
 

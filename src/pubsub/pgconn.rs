@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::Context;
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use postgres::config::{Host, SslMode};
 use postgres::Client;
@@ -98,7 +97,7 @@ impl PgTarget {
         let connector = self.tls_connector()?;
         self.config
             .connect(connector)
-            .with_context(|| format!("connecting to {}", self.describe()))
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))
     }
 
     fn tls_connector(&self) -> Result<MakeTlsConnector, UsageError> {
@@ -145,6 +144,22 @@ impl PgTarget {
         });
         Ok(connector)
     }
+}
+
+/// The error and its causes on one line, each said once: OpenSSL's causes repeat
+/// their parent's text.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 fn readable(param: &str, path: &std::path::Path) -> Result<(), UsageError> {

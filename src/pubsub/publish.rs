@@ -38,7 +38,12 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         return Err(UsageError::new("no targets: give --target URL (or TARGET)").into());
     }
     let producer = build_producer(&args)?;
-    kafka::wait_for_brokers(producer.client(), &args.kafka, &shutdown)?;
+    kafka::wait_for_brokers(
+        producer.client(),
+        || producer.poll(Duration::ZERO),
+        &args.kafka,
+        &shutdown,
+    )?;
     kafka::ensure_topic(
         &args.kafka,
         args.partitions.unwrap_or(-1),
@@ -172,9 +177,25 @@ fn build_producer(args: &PubArgs) -> anyhow::Result<BaseProducer<DeliveryCounter
 struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
+    last_error: kafka::LastError,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.last_error.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::error!("Kafka: {error}: {reason}");
+        self.last_error.record(&error, reason);
+    }
+}
+
+impl kafka::KeepsLastError for DeliveryCounter {
+    fn last_error(&self) -> &kafka::LastError {
+        &self.last_error
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -22,6 +22,8 @@ use crate::shutdown::{retry_until, Shutdown};
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Every setting is checked before anything is contacted, so bad input exits 2 at once.
+    let kafka_config = consumer_config(&args)?;
     let pg = PgTarget::parse(&args.dsn)?;
     let mut client = retry_until(
         &pg.describe(),
@@ -47,8 +49,21 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         totals: Totals::default(),
         fatal: None,
     };
-    let consumer = build_consumer(&args, sink)?;
-    kafka::wait_for_brokers(consumer.client(), &args.kafka, &shutdown)?;
+    let consumer: BaseConsumer<SinkContext> = kafka_config
+        .create_with_context(SinkContext {
+            sink: Mutex::new(sink),
+            last_error: kafka::LastError::default(),
+        })
+        .context("creating the Kafka consumer")?;
+    // Not subscribed yet, so polling here serves callbacks without taking messages.
+    kafka::wait_for_brokers(
+        consumer.client(),
+        || {
+            let _ = consumer.poll(Duration::ZERO);
+        },
+        &args.kafka,
+        &shutdown,
+    )?;
     consumer
         .subscribe(&[&args.kafka.topic])
         .context("subscribing to the topic")?;
@@ -115,7 +130,7 @@ fn consume(
     Ok(())
 }
 
-fn build_consumer(args: &SubArgs, sink: Sink) -> anyhow::Result<BaseConsumer<SinkContext>> {
+fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut config = kafka::client_config(&args.kafka)?;
     config
         .set("group.id", &args.group)
@@ -128,11 +143,7 @@ fn build_consumer(args: &SubArgs, sink: Sink) -> anyhow::Result<BaseConsumer<Sin
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Eager protocols only: the rebalance hook assigns whole sets at once.
         .set("partition.assignment.strategy", "range,roundrobin");
-    config
-        .create_with_context(SinkContext {
-            sink: Mutex::new(sink),
-        })
-        .context("creating the Kafka consumer")
+    Ok(config)
 }
 
 #[derive(Default, Clone)]
@@ -145,6 +156,13 @@ struct Totals {
 /// partitions leave and read stored offsets before they arrive.
 struct SinkContext {
     sink: Mutex<Sink>,
+    last_error: kafka::LastError,
+}
+
+impl kafka::KeepsLastError for SinkContext {
+    fn last_error(&self) -> &kafka::LastError {
+        &self.last_error
+    }
 }
 
 impl SinkContext {
@@ -154,6 +172,10 @@ impl SinkContext {
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.last_error.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // Reaching a partition's end is how `--once` knows it is done, and a topic that
         // does not exist yet is waited for (the poll loop says so): neither is a fault.
@@ -167,6 +189,7 @@ impl ClientContext for SinkContext {
             log::debug!("{reason}");
         } else {
             log::error!("Kafka: {error}: {reason}");
+            self.last_error.record(&error, reason);
         }
     }
 }
