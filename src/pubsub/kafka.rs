@@ -172,9 +172,6 @@ pub fn wait_for_brokers<C: KeepsLastError>(
             .map(drop)
             .map_err(|error| {
                 serve_events();
-                error
-            })
-            .map_err(|error| {
                 let reason = client.context().last_error().take();
                 anyhow::anyhow!(reason.unwrap_or_else(|| error.to_string()))
             })
