@@ -10,12 +10,18 @@ use common::*;
 /// One stored result, as the columns and the published extras show it.
 #[derive(Debug)]
 struct Stored {
+    table: String,
     ok: bool,
     http_status: Option<i32>,
     latency_ms: f64,
     error_kind: Option<String>,
     error_text: Option<String>,
     pattern_found: Option<bool>,
+}
+
+/// The table `check_once` stored its rows in.
+fn rows_table(rows: &HashMap<String, Stored>) -> String {
+    rows.values().next().expect("rows").table.clone()
 }
 
 /// Publishes one round of checks of `targets` and returns the stored rows by target.
@@ -42,6 +48,7 @@ fn check_once(stack: &Stack, extra_args: &[&str], targets: &[String]) -> HashMap
         .iter()
         .map(|row| {
             let stored = Stored {
+                table: topic.clone(),
                 ok: row.get(1),
                 http_status: row.get(2),
                 latency_ms: row.get(3),

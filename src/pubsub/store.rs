@@ -120,11 +120,12 @@ pub enum CommitError {
 fn migrations(table: &TableName) -> Vec<(i32, &'static str, String)> {
     let rejected = table.with_suffix("_rejected");
     let offsets = table.with_suffix("_offsets");
-    vec![(
-        1,
-        "results, rejected payloads and consumed offsets",
-        format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
+    vec![
+        (
+            1,
+            "results, rejected payloads and consumed offsets",
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
                  id uuid NOT NULL,
                  checked_at timestamptz NOT NULL,
                  target text NOT NULL,
@@ -152,10 +153,29 @@ fn migrations(table: &TableName) -> Vec<(i32, &'static str, String)> {
                  next_offset bigint NOT NULL,
                  updated_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (topic, kafka_partition));",
-            target_time = table.index_name("target_time"),
-            time = table.index_name("time"),
+                target_time = table.index_name("target_time"),
+                time = table.index_name("time"),
+            ),
         ),
-    )]
+        (
+            2,
+            "phase timings, TLS expiry and response details",
+            format!(
+                "ALTER TABLE {table}
+                 ADD COLUMN IF NOT EXISTS dns_ms double precision,
+                 ADD COLUMN IF NOT EXISTS connect_ms double precision,
+                 ADD COLUMN IF NOT EXISTS tls_ms double precision,
+                 ADD COLUMN IF NOT EXISTS ttfb_ms double precision,
+                 ADD COLUMN IF NOT EXISTS tls_expires_at timestamptz,
+                 ADD COLUMN IF NOT EXISTS tls_days_left integer,
+                 ADD COLUMN IF NOT EXISTS http_version text,
+                 ADD COLUMN IF NOT EXISTS final_url text,
+                 ADD COLUMN IF NOT EXISTS redirects integer,
+                 ADD COLUMN IF NOT EXISTS body_bytes bigint,
+                 ADD COLUMN IF NOT EXISTS schedule_lag_ms double precision"
+            ),
+        ),
+    ]
 }
 
 /// Brings the schema up to date. The advisory lock makes concurrent starts safe: the
@@ -274,7 +294,9 @@ fn copy_accepted(
     }
     let sink = tx.copy_in(&format!(
         "COPY {table} (id, checked_at, target, ok, http_status, latency_ms, error_kind,
-                       error_text, pattern, pattern_found, kafka_partition, kafka_offset)
+                       error_text, pattern, pattern_found, kafka_partition, kafka_offset,
+                       dns_ms, connect_ms, tls_ms, ttfb_ms, tls_expires_at, tls_days_left,
+                       http_version, final_url, redirects, body_bytes, schedule_lag_ms)
          FROM STDIN (FORMAT binary)"
     ))?;
     let types = [
@@ -290,6 +312,17 @@ fn copy_accepted(
         Type::BOOL,
         Type::INT4,
         Type::INT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::TIMESTAMPTZ,
+        Type::INT4,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT8,
+        Type::FLOAT8,
     ];
     let mut writer = BinaryCopyInWriter::new(sink, &types);
     for row in rows {
@@ -299,7 +332,13 @@ fn copy_accepted(
             .error_kind
             .map(|k| serde_json::to_value(k).expect("kinds serialize"))
             .and_then(|v| v.as_str().map(str::to_owned));
-        let values: [&(dyn ToSql + Sync); 12] = [
+        let details = &check.details;
+        let days_left = details
+            .tls_days_left
+            .map(|d| d.clamp(i32::MIN.into(), i32::MAX.into()) as i32);
+        let redirects = details.redirects.map(|r| r.min(i32::MAX as u32) as i32);
+        let body_bytes = details.body_bytes.map(|b| b.min(i64::MAX as u64) as i64);
+        let values: [&(dyn ToSql + Sync); 23] = [
             &check.id,
             &check.checked_at,
             &check.target,
@@ -312,6 +351,17 @@ fn copy_accepted(
             &check.pattern_found,
             &row.partition,
             &row.offset,
+            &details.dns_ms,
+            &details.connect_ms,
+            &details.tls_ms,
+            &details.ttfb_ms,
+            &details.tls_expires_at,
+            &days_left,
+            &details.http_version,
+            &details.final_url,
+            &redirects,
+            &body_bytes,
+            &details.schedule_lag_ms,
         ];
         writer.write(&values)?;
     }
