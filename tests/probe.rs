@@ -136,6 +136,55 @@ fn every_failure_is_classified_and_bounded_by_the_timeout() {
         .as_deref()
         .unwrap()
         .contains("certificate verify failed"));
+    let table_of = |target: &str| -> postgres::Row {
+        let topic = rows_table(&rows);
+        stack
+            .pg()
+            .query_one(
+                &format!(
+                    "SELECT dns_ms, connect_ms, tls_ms, ttfb_ms, redirects, final_url, body_bytes,
+                            http_version, schedule_lag_ms FROM {topic} WHERE target = $1"
+                ),
+                &[&target],
+            )
+            .unwrap()
+    };
+    let redirected = table_of(&server.url("/redirect-once"));
+    let dns: f64 = redirected.get(0);
+    let connect: f64 = redirected.get(1);
+    let ttfb: f64 = redirected.get(3);
+    assert!(dns >= 0.0 && connect > 0.0, "dns {dns} connect {connect}");
+    assert!(
+        ttfb >= connect && ttfb <= rows[&server.url("/redirect-once")].latency_ms,
+        "ttfb {ttfb}"
+    );
+    assert_eq!(
+        redirected.get::<_, Option<f64>>(2),
+        None,
+        "no TLS on plain http"
+    );
+    assert_eq!(redirected.get::<_, Option<i32>>(4), Some(1));
+    assert_eq!(
+        redirected.get::<_, Option<String>>(5),
+        Some(server.url("/ok"))
+    );
+    assert_eq!(
+        redirected.get::<_, Option<i64>>(6),
+        Some("all is well".len() as i64)
+    );
+    assert_eq!(
+        redirected.get::<_, Option<String>>(7).as_deref(),
+        Some("HTTP/1.1")
+    );
+    assert!(
+        redirected.get::<_, Option<f64>>(8).is_some(),
+        "schedule lag recorded"
+    );
+    let tls_failed = table_of(&tls.url("/"));
+    assert!(
+        tls_failed.get::<_, Option<f64>>(2).is_some(),
+        "a failed handshake is still timed"
+    );
     for stalled in [
         "/stall-headers",
         "/stall-body",
