@@ -1,11 +1,17 @@
 //! What `pub` checks: targets from flags, env and a targets file, each with its own rules.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::bytes::Regex;
+use serde::Deserialize;
+use toml::Spanned;
 use url::Url;
+
+use crate::cli::parse_regex;
+use crate::error::UsageError;
 
 /// One URL to check and every rule that applies to it, defaults already filled in.
 // Until the prober applies every per-target rule (issue 3 work in progress).
@@ -113,9 +119,712 @@ pub fn from_flags(urls: &[Url], defaults: &Defaults) -> Vec<Target> {
         .collect()
 }
 
+/// Every target in a targets file: structured when its name ends in `.toml`, plain
+/// otherwise. No targets is not an error here; the caller decides.
+// Until `pub` takes --targets-file.
+#[allow(dead_code)]
+pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let message = format!(
+            "--targets-file (TARGETS_FILE): cannot read '{}': {e}",
+            path.display()
+        );
+        UsageError::new(one_line(&message))
+    })?;
+    // Editors on Windows may start the file with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let structured = path
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().ends_with(".toml"));
+    let loaded = if structured {
+        from_toml(text, path.parent().unwrap_or(Path::new("")), defaults)
+    } else {
+        from_plain(text, defaults)
+    };
+    loaded.map_err(|problem| {
+        let message = match problem.line {
+            Some(line) => format!("{}:{line}: {}", path.display(), problem.text),
+            None => format!("{}: {}", path.display(), problem.text),
+        };
+        UsageError::new(one_line(&message))
+    })
+}
+
+/// What is wrong in a targets file, and on which 1-based line when that is known.
+struct Problem {
+    line: Option<usize>,
+    text: String,
+}
+
+impl Problem {
+    fn at(line: usize, text: impl Into<String>) -> Problem {
+        Problem {
+            line: Some(line),
+            text: text.into(),
+        }
+    }
+}
+
+/// A user's error must reach the terminal as one line, but a TOML string quoted in it can
+/// hold line breaks; escaping them keeps the line and still shows what was written.
+fn one_line(text: &str) -> String {
+    text.trim()
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_debug().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
+    let mut targets = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (url, pattern) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let url = parse_url(url).map_err(|e| Problem::at(index + 1, e))?;
+        let mut target = Target::new(url, defaults);
+        let pattern = pattern.trim();
+        if !pattern.is_empty() {
+            target.pattern = Some(parse_regex(pattern).map_err(|e| Problem::at(index + 1, e))?);
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlFile {
+    #[serde(default)]
+    target: Vec<TomlTarget>,
+}
+
+/// One `[[target]]` as written. Spans lead semantic errors to the line of their key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlTarget {
+    url: Spanned<String>,
+    method: Option<Spanned<String>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    body: Option<String>,
+    expect_status: Option<Spanned<toml::Value>>,
+    pattern: Option<Spanned<String>>,
+    forbid_pattern: Option<Spanned<String>>,
+    timeout: Option<Spanned<f64>>,
+    interval: Option<Spanned<f64>>,
+    follow_redirects: Option<bool>,
+    max_redirects: Option<u32>,
+    tls_verify: Option<bool>,
+    ca_file: Option<Spanned<String>>,
+}
+
+fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
+    let file: TomlFile = toml::from_str(text).map_err(|e| Problem {
+        line: e.span().map(|span| line_of(text, span.start)),
+        text: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" "),
+    })?;
+    file.target
+        .into_iter()
+        .map(|entry| toml_target(entry, text, dir, defaults))
+        .collect()
+}
+
+fn toml_target(
+    entry: TomlTarget,
+    text: &str,
+    dir: &Path,
+    defaults: &Defaults,
+) -> Result<Target, Problem> {
+    let url = parse_at(text, &entry.url, |url| parse_url(url))?;
+    let mut target = Target::new(url, defaults);
+    if let Some(method) = entry.method {
+        target.method = parse_at(text, &method, |method| parse_method(method))?;
+    }
+    if let Some(headers) = entry.headers {
+        target.headers = parse_at(text, &headers, parse_headers)?;
+    }
+    target.body = entry.body;
+    if let Some(statuses) = entry.expect_status {
+        target.expect_status = parse_at(text, &statuses, parse_statuses)?;
+    }
+    if let Some(pattern) = entry.pattern {
+        target.pattern = Some(parse_at(text, &pattern, |p| parse_regex(p))?);
+    }
+    if let Some(pattern) = entry.forbid_pattern {
+        target.forbid_pattern = Some(parse_at(text, &pattern, |p| parse_regex(p))?);
+    }
+    if let Some(seconds) = entry.timeout {
+        target.timeout = parse_at(text, &seconds, |&s| seconds_of("timeout", s))?;
+    }
+    if let Some(seconds) = entry.interval {
+        target.interval = parse_at(text, &seconds, |&s| seconds_of("interval", s))?;
+    }
+    target.follow_redirects = entry.follow_redirects.unwrap_or(target.follow_redirects);
+    target.max_redirects = entry.max_redirects.unwrap_or(target.max_redirects);
+    target.tls_verify = entry.tls_verify.unwrap_or(target.tls_verify);
+    if let Some(ca_file) = entry.ca_file {
+        target.ca_file = Some(parse_at(text, &ca_file, |name| readable_file(dir, name))?);
+    }
+    Ok(target)
+}
+
+/// Checks a value from the file, and on failure blames the line the value is on.
+fn parse_at<T, U>(
+    text: &str,
+    value: &Spanned<T>,
+    parse: impl FnOnce(&T) -> Result<U, String>,
+) -> Result<U, Problem> {
+    parse(value.get_ref()).map_err(|e| Problem::at(line_of(text, value.span().start), e))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    1 + before.iter().filter(|&&byte| byte == b'\n').count()
+}
+
+/// RFC 9110 `token`: what a method or a header name may be made of.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn parse_method(text: &str) -> Result<String, String> {
+    if !is_token(text) {
+        return Err(format!("invalid method '{text}': not an HTTP token"));
+    }
+    Ok(text.to_ascii_uppercase())
+}
+
+fn parse_headers(headers: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            if !is_token(name) {
+                return Err(format!("invalid header name '{name}': not an HTTP token"));
+            }
+            // A line break in a value would let it smuggle in another header.
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(format!(
+                    "invalid value for header '{name}': control character"
+                ));
+            }
+            Ok((name.clone(), value.clone()))
+        })
+        .collect()
+}
+
+/// `expect_status` is a code, a `"lo-hi"` range, or an array of them.
+fn parse_statuses(value: &toml::Value) -> Result<StatusSet, String> {
+    let items = match value {
+        toml::Value::Array(items) => items.as_slice(),
+        single => std::slice::from_ref(single),
+    };
+    if items.is_empty() {
+        return Err("expect_status is empty, so no status could be ok".to_owned());
+    }
+    items
+        .iter()
+        .map(parse_status)
+        .collect::<Result<_, _>>()
+        .map(StatusSet)
+}
+
+fn parse_status(item: &toml::Value) -> Result<RangeInclusive<u16>, String> {
+    match item {
+        toml::Value::Integer(code) => {
+            let code = status_code(&code.to_string())?;
+            Ok(code..=code)
+        }
+        toml::Value::String(text) => match text.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (status_code(lo)?, status_code(hi)?);
+                if lo > hi {
+                    return Err(format!("invalid status range '{text}': {lo} is above {hi}"));
+                }
+                Ok(lo..=hi)
+            }
+            None => status_code(text).map(|code| code..=code),
+        },
+        other => Err(format!(
+            "invalid expect_status item {other}: expected a status such as 200 or a range such as \"300-399\""
+        )),
+    }
+}
+
+fn status_code(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(code) if (100..=599).contains(&code) => Ok(code),
+        _ => Err(format!(
+            "invalid status '{}': expected a code from 100 to 599",
+            text.trim()
+        )),
+    }
+}
+
+fn seconds_of(key: &str, seconds: f64) -> Result<Duration, String> {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!(
+            "invalid {key} {seconds}: expected a positive number of seconds"
+        )),
+    }
+}
+
+/// Checked at load time, so that a typo fails the start instead of every later check.
+fn readable_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    let cannot = |why: String| format!("ca_file '{}': {why}", path.display());
+    let file = std::fs::File::open(&path).map_err(|e| cannot(e.to_string()))?;
+    let metadata = file.metadata().map_err(|e| cannot(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(cannot("not a regular file".to_owned()));
+    }
+    Ok(path)
+}
+
+/// This process's share of the targets: the 1-based `index`-th of `count` shards.
+// Until `pub` takes --shard.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Reads `K/N`, where 1 <= K <= N.
+#[allow(dead_code)]
+pub fn parse_shard(text: &str) -> Result<Shard, String> {
+    let not_a_shard = |why: &str| format!("'{text}' is not a shard: {why}");
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| not_a_shard("expected K/N, such as 1/3"))?;
+    let number = |part: &str| part.trim().parse::<u32>();
+    let (Ok(index), Ok(count)) = (number(index), number(count)) else {
+        return Err(not_a_shard("K and N must be whole numbers, such as 1/3"));
+    };
+    if count == 0 {
+        return Err(not_a_shard("N must be at least 1"));
+    }
+    if !(1..=count).contains(&index) {
+        return Err(not_a_shard("K must be between 1 and N"));
+    }
+    Ok(Shard { index, count })
+}
+
+/// Whether `shard` owns `url`. Every `pub` process of a fleet must agree on this without
+/// talking to the others, across restarts, machines and Rust versions, and whatever order
+/// its targets were listed in; so it depends only on the URL's text and uses FNV-1a 64,
+/// whose constants are fixed, rather than std's hasher, which may change between releases.
+#[allow(dead_code)]
+pub fn in_shard(url: &Url, shard: Shard) -> bool {
+    fnv1a_64(url.as_str().as_bytes()) % u64::from(shard.count) == u64::from(shard.index - 1)
+}
+
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory per test, removed when the test ends, pass or fail.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "metrics-flow-targets-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let dir = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            pattern: Some(Regex::new("default").unwrap()),
+            timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(30),
+        }
+    }
+
+    fn load(name: &str, contents: &str) -> Result<Vec<Target>, String> {
+        let dir = TempDir::new();
+        load_file(&dir.write(name, contents), &defaults()).map_err(|e| e.to_string())
+    }
+
+    /// The error names the file and the line, and fits on one line.
+    fn error_at(name: &str, contents: &str, line: usize) -> String {
+        let error = load(name, contents).expect_err("the file is rejected");
+        let tail = error
+            .split_once(&format!("{name}:{line}: "))
+            .unwrap_or_else(|| panic!("'{error}' does not name {name}:{line}"))
+            .1;
+        assert!(!error.contains(['\n', '\r']), "not one line: {error:?}");
+        tail.to_owned()
+    }
+
+    fn pattern_of(target: &Target) -> Option<&str> {
+        target.pattern.as_ref().map(Regex::as_str)
+    }
+
+    #[test]
+    fn plain_file_takes_a_url_and_the_rest_of_the_line_as_pattern() {
+        let text = "# production\n\
+                    \n\
+                    https://a.example/health\n\
+                    \t  # indented comment\n\
+                    http://b.example/   all  is well \n\
+                    \x20\x20\n\
+                    https://c.example\tok|fine\n";
+        let targets = load("targets.txt", text).unwrap();
+        let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://a.example/health",
+                "http://b.example/",
+                "https://c.example/"
+            ]
+        );
+        assert_eq!(pattern_of(&targets[0]), Some("default"));
+        assert_eq!(pattern_of(&targets[1]), Some("all  is well"));
+        assert_eq!(pattern_of(&targets[2]), Some("ok|fine"));
+        assert!(targets.iter().all(|t| t.method == "GET"
+            && t.timeout == Duration::from_secs(10)
+            && t.interval == Duration::from_secs(30)
+            && t.expect_status == StatusSet::default()));
+    }
+
+    #[test]
+    fn empty_files_load_no_targets() {
+        assert!(load("targets.txt", "# nothing yet\n\n").unwrap().is_empty());
+        assert!(load("checks.toml", "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn toml_file_sets_every_key() {
+        let dir = TempDir::new();
+        std::fs::create_dir(dir.0.join("certs")).unwrap();
+        dir.write("certs/ca.pem", "not checked here");
+        let path = dir.write(
+            "checks.toml",
+            r#"
+[[target]]
+url = "https://example.com/health"
+method = "post"
+headers = { Authorization = "Bearer x", X-Probe = "metrics-flow" }
+body = "{}"
+expect_status = [200, "300-399", 404]
+pattern = "all is well"
+forbid_pattern = "error"
+timeout = 2.5
+interval = 60
+follow_redirects = false
+max_redirects = 0
+tls_verify = false
+ca_file = "certs/ca.pem"
+
+[[target]]
+url = "http://second.example"
+expect_status = "500-599"
+
+[[target]]
+url = "http://third.example"
+expect_status = 204
+"#,
+        );
+        let targets = load_file(&path, &defaults()).unwrap();
+        assert_eq!(targets.len(), 3);
+
+        let first = &targets[0];
+        assert_eq!(first.url.as_str(), "https://example.com/health");
+        assert_eq!(first.method, "POST");
+        assert_eq!(
+            first.headers,
+            [
+                ("Authorization".to_owned(), "Bearer x".to_owned()),
+                ("X-Probe".to_owned(), "metrics-flow".to_owned())
+            ]
+        );
+        assert_eq!(first.body.as_deref(), Some("{}"));
+        assert_eq!(
+            first.expect_status,
+            StatusSet(vec![200..=200, 300..=399, 404..=404])
+        );
+        assert_eq!(pattern_of(first), Some("all is well"));
+        assert_eq!(
+            first.forbid_pattern.as_ref().map(Regex::as_str),
+            Some("error")
+        );
+        assert_eq!(first.timeout, Duration::from_millis(2500));
+        assert_eq!(first.interval, Duration::from_secs(60));
+        assert!(!first.follow_redirects && first.max_redirects == 0 && !first.tls_verify);
+        assert_eq!(
+            first.ca_file.as_deref(),
+            Some(dir.0.join("certs/ca.pem").as_path())
+        );
+
+        let second = &targets[1];
+        assert_eq!(second.expect_status, StatusSet(vec![500..=599]));
+        assert_eq!(second.method, "GET");
+        assert_eq!(pattern_of(second), Some("default"));
+        assert!(second.forbid_pattern.is_none() && second.body.is_none());
+        assert_eq!(second.timeout, Duration::from_secs(10));
+        assert!(second.follow_redirects && second.max_redirects == 5 && second.tls_verify);
+        assert_eq!(targets[2].expect_status, StatusSet(vec![204..=204]));
+    }
+
+    #[test]
+    fn missing_file_names_the_flag_and_the_path() {
+        let dir = TempDir::new();
+        let path = dir.0.join("absent.txt");
+        let error = load_file(&path, &defaults()).unwrap_err().to_string();
+        assert!(error.starts_with(&format!(
+            "--targets-file (TARGETS_FILE): cannot read '{}': ",
+            path.display()
+        )));
+        assert!(error.contains("No such file"), "{error}");
+        assert!(!error.contains('\n'));
+    }
+
+    #[test]
+    fn bad_url_names_file_and_line() {
+        let tail = error_at(
+            "targets.txt",
+            "# first\nhttp://ok.example\nnope pattern\n",
+            3,
+        );
+        assert!(tail.starts_with("invalid URL 'nope': "), "{tail}");
+        let toml = "[[target]]\nurl = \"http://ok.example\"\n\n[[target]]\nurl = \"ftp://x\"\n";
+        let tail = error_at("checks.toml", toml, 5);
+        assert_eq!(
+            tail,
+            "invalid URL 'ftp://x': only http and https are checked"
+        );
+    }
+
+    #[test]
+    fn bad_regex_names_file_and_line() {
+        let tail = error_at("targets.txt", "http://a.example (unclosed\n", 1);
+        assert!(tail.starts_with("invalid regex '(unclosed': "), "{tail}");
+        let toml = "[[target]]\nurl = \"http://a.example\"\npattern = \"ok\"\nforbid_pattern = \"[z-a]\"\n";
+        let tail = error_at("checks.toml", toml, 4);
+        assert!(tail.starts_with("invalid regex '[z-a]': "), "{tail}");
+    }
+
+    #[test]
+    fn unknown_keys_name_file_and_line() {
+        let toml = "[[target]]\nurl = \"http://a.example\"\ntimout = 5\n";
+        let tail = error_at("checks.toml", toml, 3);
+        assert!(
+            tail.contains("unknown field") && tail.contains("timout"),
+            "{tail}"
+        );
+        assert!(tail.contains("timeout"), "lists the known fields: {tail}");
+        let toml =
+            "[[target]]\nurl = \"http://a.example\"\n\n[[targets]]\nurl = \"http://b.example\"\n";
+        let tail = error_at("checks.toml", toml, 4);
+        assert!(
+            tail.contains("unknown field") && tail.contains("targets"),
+            "{tail}"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_and_type_errors_name_file_and_line() {
+        let tail = error_at("checks.toml", "[[target]]\nurl = \"http://a.example\n", 2);
+        assert!(!tail.is_empty());
+        let toml = "[[target]]\nurl = \"http://a.example\"\ntls_verify = \"yes\"\n";
+        let tail = error_at("checks.toml", toml, 3);
+        assert!(tail.contains("bool"), "{tail}");
+        let tail = error_at("checks.toml", "[[target]]\nmethod = \"GET\"\n", 1);
+        assert!(
+            tail.contains("missing field") && tail.contains("url"),
+            "{tail}"
+        );
+    }
+
+    #[test]
+    fn bad_statuses_name_file_and_line() {
+        let toml = |statuses: &str| {
+            format!("[[target]]\nurl = \"http://a.example\"\nexpect_status = {statuses}\n")
+        };
+        let tail = error_at("checks.toml", &toml(r#"[200, "399-300"]"#), 3);
+        assert_eq!(tail, "invalid status range '399-300': 399 is above 300");
+        let tail = error_at("checks.toml", &toml("[200, 700]"), 3);
+        assert_eq!(
+            tail,
+            "invalid status '700': expected a code from 100 to 599"
+        );
+        let tail = error_at("checks.toml", &toml(r#""2xx""#), 3);
+        assert_eq!(
+            tail,
+            "invalid status '2xx': expected a code from 100 to 599"
+        );
+        error_at("checks.toml", &toml("[]"), 3);
+        error_at("checks.toml", &toml("[true]"), 3);
+        error_at("checks.toml", &toml("99"), 3);
+    }
+
+    #[test]
+    fn bad_settings_name_file_and_line() {
+        let toml = |line: &str| format!("[[target]]\nurl = \"http://a.example\"\n{line}\n");
+        let tail = error_at("checks.toml", &toml(r#"method = "GE T""#), 3);
+        assert_eq!(tail, "invalid method 'GE T': not an HTTP token");
+        let tail = error_at("checks.toml", &toml(r#"headers = { "Bad Name" = "x" }"#), 3);
+        assert_eq!(tail, "invalid header name 'Bad Name': not an HTTP token");
+        let tail = error_at("checks.toml", &toml(r#"headers = { X = "a\r\nY: b" }"#), 3);
+        assert_eq!(tail, "invalid value for header 'X': control character");
+        let tail = error_at("checks.toml", &toml("timeout = 0"), 3);
+        assert_eq!(
+            tail,
+            "invalid timeout 0: expected a positive number of seconds"
+        );
+        error_at("checks.toml", &toml("interval = -1"), 3);
+        error_at("checks.toml", &toml("max_redirects = -1"), 3);
+    }
+
+    #[test]
+    fn missing_ca_file_names_file_and_line() {
+        let dir = TempDir::new();
+        let path = dir.write(
+            "checks.toml",
+            "[[target]]\nurl = \"https://a.example\"\nca_file = \"missing.pem\"\n",
+        );
+        let error = load_file(&path, &defaults()).unwrap_err().to_string();
+        let expected = format!(
+            "{}:3: ca_file '{}': ",
+            path.display(),
+            dir.0.join("missing.pem").display()
+        );
+        assert!(error.starts_with(&expected), "{error}");
+        assert!(
+            error.contains("No such file") && !error.contains('\n'),
+            "{error}"
+        );
+        let path = dir.write(
+            "dir.toml",
+            "[[target]]\nurl = \"https://a.example\"\nca_file = \".\"\n",
+        );
+        let error = load_file(&path, &defaults()).unwrap_err().to_string();
+        assert!(error.ends_with("not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn values_with_line_breaks_still_give_one_line_errors() {
+        let toml = "[[target]]\nurl = \"http://a.example\"\npattern = \"(\\n\"\n";
+        let tail = error_at("checks.toml", toml, 3);
+        assert!(tail.starts_with("invalid regex '(\\n': "), "{tail}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_url() {
+        let targets = load(
+            "targets.txt",
+            "\u{feff}https://a.example\r\nhttps://b.example\r\n",
+        );
+        assert_eq!(targets.unwrap().len(), 2);
+        let toml = "\u{feff}[[target]]\nurl = \"https://a.example\"\n";
+        assert_eq!(load("checks.toml", toml).unwrap().len(), 1);
+    }
+
+    fn generated_urls(count: usize) -> Vec<Url> {
+        (0..count)
+            .map(|i| Url::parse(&format!("https://host{}.example/path/{i}", i % 37)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn shards_are_disjoint_cover_everything_and_are_never_empty() {
+        let urls = generated_urls(1000);
+        for count in 1..=5 {
+            let mut owners = vec![0; urls.len()];
+            for index in 1..=count {
+                let shard = Shard { index, count };
+                let owned = urls.iter().filter(|url| in_shard(url, shard)).count();
+                assert!(owned > 0, "shard {index}/{count} owns nothing");
+                for (i, url) in urls.iter().enumerate() {
+                    owners[i] += usize::from(in_shard(url, shard));
+                }
+            }
+            assert!(owners.iter().all(|&n| n == 1), "N={count}: {owners:?}");
+        }
+    }
+
+    #[test]
+    fn a_urls_shard_does_not_depend_on_list_order() {
+        let urls = generated_urls(200);
+        let shard = Shard { index: 2, count: 3 };
+        let forward: Vec<&Url> = urls.iter().filter(|u| in_shard(u, shard)).collect();
+        let mut backward: Vec<&Url> = urls.iter().rev().filter(|u| in_shard(u, shard)).collect();
+        backward.reverse();
+        assert_eq!(forward, backward);
+        // Pinned, so that a change of hash, which would reshuffle a running fleet, fails here.
+        let url = Url::parse("https://example.com/health").unwrap();
+        assert_eq!(fnv1a_64(url.as_str().as_bytes()), 0xdf8c_29ce_fedd_4622);
+        assert!(in_shard(&url, Shard { index: 2, count: 3 }));
+        assert!(in_shard(&url, Shard { index: 5, count: 5 }));
+    }
+
+    #[test]
+    fn parses_shards() {
+        assert_eq!(parse_shard("1/1"), Ok(Shard { index: 1, count: 1 }));
+        assert_eq!(parse_shard("2/3"), Ok(Shard { index: 2, count: 3 }));
+        for bad in ["0/3", "4/3", "a/b", "3", "1/0", "", "-1/3"] {
+            let error = parse_shard(bad).unwrap_err();
+            assert!(
+                error.starts_with(&format!("'{bad}' is not a shard: ")),
+                "{error}"
+            );
+            assert!(!error.contains('\n'));
+        }
+        assert_eq!(
+            parse_shard("4/3").unwrap_err(),
+            "'4/3' is not a shard: K must be between 1 and N"
+        );
+    }
 
     #[test]
     fn accepts_http_and_https_only() {
