@@ -143,6 +143,15 @@ pub struct PubArgs {
     #[arg(long = "target", env = "TARGET", value_delimiter = ',', value_parser = parse_url)]
     pub targets: Vec<url::Url>,
 
+    /// A file of targets: plain lines (URL, optional pattern) or, if it ends in .toml,
+    /// [[target]] tables with per-target settings.
+    #[arg(long, env = "TARGETS_FILE")]
+    pub targets_file: Option<PathBuf>,
+
+    /// Check only this process's share of the targets: 1-based K of N, stable across restarts.
+    #[arg(long, env = "SHARD", value_parser = crate::pubsub::targets::parse_shard)]
+    pub shard: Option<crate::pubsub::targets::Shard>,
+
     /// Regex searched in the body of every target that has no pattern of its own.
     #[arg(long, env = "PATTERN", value_parser = parse_regex)]
     pub pattern: Option<regex::bytes::Regex>,

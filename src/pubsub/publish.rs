@@ -33,9 +33,18 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         timeout: args.timeout,
         interval: args.delay,
     };
-    let targets = targets::from_flags(&args.targets, &defaults);
+    let targets = targets::load(
+        &args.targets,
+        args.targets_file.as_deref(),
+        args.shard,
+        &defaults,
+    )?;
     if targets.is_empty() {
-        return Err(UsageError::new("no targets: give --target URL (or TARGET)").into());
+        let why = match args.shard {
+            Some(_) => "no targets in this shard",
+            None => "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)",
+        };
+        return Err(UsageError::new(why).into());
     }
     let producer = build_producer(&args)?;
     kafka::wait_for_brokers(

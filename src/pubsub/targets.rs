@@ -14,8 +14,6 @@ use crate::cli::parse_regex;
 use crate::error::UsageError;
 
 /// One URL to check and every rule that applies to it, defaults already filled in.
-// Until the prober applies every per-target rule (issue 3 work in progress).
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: Url,
@@ -112,17 +110,28 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Every target from the command line, each taking the defaults.
-pub fn from_flags(urls: &[Url], defaults: &Defaults) -> Vec<Target> {
-    urls.iter()
+/// Every target from the flags and the targets file, narrowed to this process's shard.
+pub fn load(
+    urls: &[Url],
+    file: Option<&Path>,
+    shard: Option<Shard>,
+    defaults: &Defaults,
+) -> Result<Vec<Target>, UsageError> {
+    let mut targets: Vec<Target> = urls
+        .iter()
         .map(|url| Target::new(url.clone(), defaults))
-        .collect()
+        .collect();
+    if let Some(file) = file {
+        targets.extend(load_file(file, defaults)?);
+    }
+    if let Some(shard) = shard {
+        targets.retain(|target| in_shard(&target.url, shard));
+    }
+    Ok(targets)
 }
 
 /// Every target in a targets file: structured when its name ends in `.toml`, plain
 /// otherwise. No targets is not an error here; the caller decides.
-// Until `pub` takes --targets-file.
-#[allow(dead_code)]
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let message = format!(
@@ -394,8 +403,6 @@ fn readable_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
 }
 
 /// This process's share of the targets: the 1-based `index`-th of `count` shards.
-// Until `pub` takes --shard.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     pub index: u32,
@@ -403,7 +410,6 @@ pub struct Shard {
 }
 
 /// Reads `K/N`, where 1 <= K <= N.
-#[allow(dead_code)]
 pub fn parse_shard(text: &str) -> Result<Shard, String> {
     let not_a_shard = |why: &str| format!("'{text}' is not a shard: {why}");
     let (index, count) = text
@@ -426,7 +432,6 @@ pub fn parse_shard(text: &str) -> Result<Shard, String> {
 /// talking to the others, across restarts, machines and Rust versions, and whatever order
 /// its targets were listed in; so it depends only on the URL's text and uses FNV-1a 64,
 /// whose constants are fixed, rather than std's hasher, which may change between releases.
-#[allow(dead_code)]
 pub fn in_shard(url: &Url, shard: Shard) -> bool {
     fnv1a_64(url.as_str().as_bytes()) % u64::from(shard.count) == u64::from(shard.index - 1)
 }

@@ -138,7 +138,7 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatu
 }
 
 /// A loopback HTTP/1.1 server whose routes behave, or misbehave, as named:
-/// `/ok`, `/delay/<ms>`, `/status/<code>`, `/redirect-loop`, `/redirect-once`,
+/// `/ok`, `/method` (echoes the request method), `/delay/<ms>`, `/status/<code>`, `/redirect-loop`, `/redirect-once`,
 /// `/big/<bytes>`, `/binary`, `/stall-headers`, `/stall-body`, `/close-mid-body`,
 /// `/garbage`, `/slowloris`, `/chunked-forever`.
 pub struct TestServer {
@@ -185,11 +185,16 @@ fn serve(stream: TcpStream, counter: &AtomicUsize) {
         }
     }
     counter.fetch_add(1, Ordering::SeqCst);
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_owned();
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_owned();
+    let target = words.next().unwrap_or("/");
+    // Routes ignore the query string, so tests can make many distinct URLs of one route.
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    if path == "/method" {
+        let mut stream = stream;
+        let _ = reply(&mut stream, 200, &[], method.as_bytes());
+        return;
+    }
     respond(&path, stream);
 }
 
