@@ -1,0 +1,74 @@
+//! pub keeps checking while Kafka is down; results wait in the producer's queue and are
+//! delivered when the broker is back, none lost. Restarts the shared test broker, so it
+//! lives in its own test binary (cargo runs test binaries one after another).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn stack_script(action: &str, component: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
+    let status = Command::new("bash")
+        .args([script, action, component])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running scripts/stack.sh");
+    assert!(
+        status.success(),
+        "scripts/stack.sh {action} {component} failed"
+    );
+}
+
+#[test]
+fn results_survive_a_broker_outage() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("outage");
+    let mut publisher = spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--delay",
+        "0.2",
+        "--target",
+        &server.url("/ok"),
+    ]));
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= 5));
+
+    stack_script("stop", "kafka");
+    let during = server.request_count();
+    let kept_checking = wait_until(Duration::from_secs(30), || {
+        server.request_count() >= during + 10
+    });
+    stack_script("start", "kafka");
+    assert!(kept_checking, "pub stopped checking while Kafka was down");
+
+    let after = server.request_count();
+    assert!(wait_until(Duration::from_secs(60), || server
+        .request_count()
+        >= after + 5));
+    signal(&publisher, "INT");
+    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
+    assert!(status.success(), "pub exited {status}:\n{stderr}");
+    let checks = server.request_count() as i64;
+
+    run_ok(
+        metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    let (rows, distinct): (i64, i64) = stack
+        .pg()
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT id) FROM {topic}"),
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        rows, checks,
+        "every check made, before, during and after the outage, is stored"
+    );
+    assert_eq!(distinct, rows, "no result stored twice");
+}

@@ -1,0 +1,114 @@
+//! pub's scheduling: a slow target does not hold the others back while the pool has
+//! room, and a pool too small for its targets says so in the log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn checks_of(stack: &Stack, table: &str, route: &str) -> i64 {
+    stack
+        .pg()
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE target LIKE '%' || $1"),
+            &[&route],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Runs pub until the server has answered `requests`, stops it, stores what it published.
+fn run_until(
+    stack: &Stack,
+    server: &TestServer,
+    requests: usize,
+    args: &[&str],
+) -> (String, String) {
+    let topic = unique("sched");
+    let mut publisher = spawn(metrics_flow(stack, &topic).arg("pub").args(args));
+    let reached = wait_until(Duration::from_secs(60), || {
+        server.request_count() >= requests
+    });
+    signal(&publisher, "INT");
+    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(30));
+    assert!(
+        reached,
+        "the server saw only {} requests:\n{stderr}",
+        server.request_count()
+    );
+    assert!(status.success(), "pub exited {status}:\n{stderr}");
+    run_ok(
+        metrics_flow(stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    (topic, stderr)
+}
+
+#[test]
+fn a_slow_target_does_not_delay_the_others() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let slow = server.url("/delay/3000");
+    let fast = server.url("/ok");
+    let (table, _) = run_until(
+        &stack,
+        &server,
+        12,
+        &[
+            "--delay",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--timeout",
+            "10",
+            "--target",
+            &slow,
+            "--target",
+            &fast,
+        ],
+    );
+    let slow_checks = checks_of(&stack, &table, "/delay/3000");
+    let fast_checks = checks_of(&stack, &table, "/ok");
+    // While one 3 s check runs, the 0.2 s target keeps its own cadence.
+    assert!(slow_checks >= 1, "the slow target was checked");
+    assert!(
+        fast_checks >= 5 * slow_checks,
+        "fast target checked {fast_checks} times against {slow_checks} slow checks"
+    );
+}
+
+#[test]
+fn a_pool_that_cannot_keep_up_warns() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let a = server.url("/delay/1500?a");
+    let b = server.url("/delay/1500?b");
+    let (table, stderr) = run_until(
+        &stack,
+        &server,
+        4,
+        &[
+            "--delay",
+            "0.5",
+            "--concurrency",
+            "1",
+            "--target",
+            &a,
+            "--target",
+            &b,
+        ],
+    );
+    assert!(
+        stderr.contains("cannot keep up"),
+        "no lag warning in:\n{stderr}"
+    );
+    let worst_lag: f64 = stack
+        .pg()
+        .query_one(&format!("SELECT max(schedule_lag_ms) FROM {table}"), &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        worst_lag > 1000.0,
+        "one target waited for the other's 1.5 s check, lag {worst_lag} ms"
+    );
+}
