@@ -188,6 +188,30 @@ fn postgres_with_verify_full() {
             .args(["sub", "--once", "--table", &topic, "--group", &topic]),
     );
     assert_eq!(stack.count(&topic), 1);
+    // The other modes connect too; verify-ca skips only the host name check.
+    for mode in ["disable", "prefer", "require"] {
+        let dsn = format!("host=localhost port={port} user=metrics password=metrics dbname=metrics sslmode={mode}");
+        run_ok(
+            metrics_flow(&stack, &topic)
+                .env("POSTGRESQL_DSN", &dsn)
+                .args(["sub", "--once", "--table", &topic, "--group", &topic]),
+        );
+    }
+    run_ok(
+        metrics_flow(&stack, &topic)
+            .env(
+                "POSTGRESQL_DSN",
+                dsn("host=wrong-name.example hostaddr=127.0.0.1", "ca.pem")
+                    .replace("verify-full", "verify-ca"),
+            )
+            .args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    assert_eq!(
+        stack.count(&topic),
+        1,
+        "the same group stored nothing twice"
+    );
+
     for (dsn, case) in [
         (dsn("host=localhost", "wrong-ca.pem"), "wrong CA"),
         (

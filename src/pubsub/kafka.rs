@@ -165,7 +165,9 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let what = format!("Kafka at {}", args.broker);
-    let attempt_limit = args.connect_deadline.min(Duration::from_secs(5));
+    // Several attempts fit in any deadline, so the user sees each one logged.
+    let attempt_limit =
+        (args.connect_deadline / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     retry_until(&what, args.connect_deadline, shutdown, || {
         client
             .fetch_metadata(None, attempt_limit)
