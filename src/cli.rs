@@ -172,6 +172,11 @@ pub struct PubArgs {
     #[arg(long, env = "CONCURRENCY", default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
+    /// Results held for Kafka while it is unreachable; past this, new results are dropped
+    /// with an error in the log.
+    #[arg(long, env = "QUEUE_MAX", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub queue_max: u32,
+
     /// Partitions of the topic when pub has to create it [default: the broker's].
     #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: Option<i32>,

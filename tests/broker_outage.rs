@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -22,8 +23,12 @@ fn stack_script(action: &str, component: &str) {
     );
 }
 
+/// The two tests here stop the same broker; one outage at a time.
+static OUTAGE: Mutex<()> = Mutex::new(());
+
 #[test]
 fn results_survive_a_broker_outage() {
+    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
     let stack = Stack::from_env();
     let server = TestServer::start();
     let topic = unique("outage");
@@ -71,4 +76,51 @@ fn results_survive_a_broker_outage() {
         "every check made, before, during and after the outage, is stored"
     );
     assert_eq!(distinct, rows, "no result stored twice");
+}
+
+#[test]
+fn past_the_queue_bound_results_are_dropped_loudly() {
+    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("bound");
+    let mut publisher = spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--delay",
+        "0.1",
+        "--queue-max",
+        "3",
+        "--target",
+        &server.url("/ok"),
+    ]));
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= 3));
+    stack_script("stop", "kafka");
+    let during = server.request_count();
+    let kept_checking = wait_until(Duration::from_secs(30), || {
+        server.request_count() >= during + 10
+    });
+    stack_script("start", "kafka");
+    signal(&publisher, "INT");
+    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
+    assert!(kept_checking, "pub stopped checking while Kafka was down");
+    assert!(
+        status.success(),
+        "a stop request exits 0 even after drops: {status}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("producer queue full"),
+        "no loud drop in:\n{stderr}"
+    );
+
+    run_ok(
+        metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    let stored = stack.count(&topic);
+    let checks = server.request_count() as i64;
+    assert!(
+        stored >= 3 && stored < checks,
+        "{stored} of {checks} checks stored: the overflow was dropped"
+    );
 }
