@@ -26,6 +26,8 @@ use crate::shutdown::Shutdown;
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 /// A check that starts later than this after its due time counts as late.
 const LATE_AFTER: Duration = Duration::from_secs(1);
+/// How often a long run logs what it has done.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
 pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let defaults = targets::Defaults {
@@ -65,6 +67,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         producer: &producer,
         topic: &args.kafka.topic,
         dropped: 0,
+        progress: Progress::new(),
     };
     let intervals: Vec<Duration> = targets.iter().map(|t| t.interval).collect();
     let mut schedule = Schedule::new(&intervals, args.once);
@@ -143,6 +146,9 @@ fn run_rounds(
         }
         publisher.producer.poll(Duration::ZERO);
         lag.maybe_warn();
+        publisher
+            .progress
+            .maybe_report(publisher.producer.in_flight_count());
     }
 }
 
@@ -235,11 +241,48 @@ struct Publisher<'a> {
     producer: &'a BaseProducer<DeliveryCounter>,
     topic: &'a str,
     dropped: u64,
+    progress: Progress,
+}
+
+/// Checks since the last progress line, so a long run shows it is alive and how it fares.
+struct Progress {
+    since: Instant,
+    checks: u64,
+    failed: u64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            since: Instant::now(),
+            checks: 0,
+            failed: 0,
+        }
+    }
+
+    fn record(&mut self, ok: bool) {
+        self.checks += 1;
+        self.failed += u64::from(!ok);
+    }
+
+    fn maybe_report(&mut self, queued: i32) {
+        if self.since.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        log::info!(
+            "{} check(s) in the last {:.0} s, {} failed; {queued} result(s) waiting for Kafka",
+            self.checks,
+            self.since.elapsed().as_secs_f64(),
+            self.failed
+        );
+        *self = Progress::new();
+    }
 }
 
 impl Publisher<'_> {
     /// Queues one result keyed by its target, so a target's results stay in order.
     fn publish(&mut self, result: &CheckResult) {
+        self.progress.record(result.ok);
         log::debug!(
             "{} ok={} status={:?} {:.1} ms",
             result.target,
