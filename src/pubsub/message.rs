@@ -25,6 +25,41 @@ pub enum ErrorKind {
     Other,
 }
 
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Dns,
+        ErrorKind::Refused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::Timeout,
+        ErrorKind::Tls,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+        ErrorKind::TooManyRedirects,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Status,
+        ErrorKind::Pattern,
+        ErrorKind::Other,
+    ];
+
+    /// The wire name, without going through serde; a test keeps the two in step.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Dns => "dns",
+            ErrorKind::Refused => "refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::TooManyRedirects => "too_many_redirects",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::Status => "status",
+            ErrorKind::Pattern => "pattern",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 /// One check, as published. Fields beyond the required ones are optional extras.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
@@ -220,6 +255,13 @@ mod tests {
         }
         let kind: Value = serde_json::to_value(ErrorKind::TooManyRedirects).unwrap();
         assert_eq!(kind, "too_many_redirects");
+    }
+
+    #[test]
+    fn kind_names_match_serde() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

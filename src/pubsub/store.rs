@@ -8,7 +8,7 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
-use super::message::CheckResult;
+use super::message::{CheckResult, ErrorKind};
 
 /// Longest table name accepted, leaving room for the suffixes of derived names.
 const MAX_NAME: usize = 40;
@@ -328,10 +328,7 @@ fn copy_accepted(
     for row in rows {
         let check = &row.check;
         let status = check.http_status.map(i32::from);
-        let kind = check
-            .error_kind
-            .map(|k| serde_json::to_value(k).expect("kinds serialize"))
-            .and_then(|v| v.as_str().map(str::to_owned));
+        let kind = check.error_kind.map(ErrorKind::as_str);
         let details = &check.details;
         let days_left = details
             .tls_days_left
