@@ -427,17 +427,23 @@ impl RowCounter {
     }
 
     pub fn rows(&mut self) -> i64 {
+        // A connection from before a restart fails once; a fresh one answers.
+        match self.try_rows() {
+            Some(rows) => rows,
+            None => self.try_rows().unwrap_or(0),
+        }
+    }
+
+    fn try_rows(&mut self) -> Option<i64> {
         if self.client.is_none() {
             self.client = postgres::Client::connect(&self.dsn, postgres::NoTls).ok();
         }
-        let Some(client) = self.client.as_mut() else {
-            return 0;
-        };
+        let client = self.client.as_mut()?;
         match client.query_one(&self.sql, &[]) {
-            Ok(row) => row.get(0),
+            Ok(row) => Some(row.get(0)),
             Err(_) => {
                 self.client = None;
-                0
+                None
             }
         }
     }
