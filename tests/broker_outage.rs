@@ -1,26 +1,19 @@
 //! pub keeps checking while Kafka is down; results wait in the producer's queue and are
 //! delivered when the broker is back, none lost. Restarts the shared test broker, so it
-//! lives in its own test binary (cargo runs test binaries one after another).
+//! lives in its own test binary (cargo runs test binaries one after another), and its
+//! tests take turns.
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
 
-fn stack_script(action: &str, component: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
-    let status = Command::new("bash")
-        .args([script, action, component])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("running scripts/stack.sh");
-    assert!(
-        status.success(),
-        "scripts/stack.sh {action} {component} failed"
-    );
+fn stack_script_or_fail(action: &str, component: &str) {
+    if let Err(error) = stack_script(&[action, component]) {
+        panic!("scripts/stack.sh {action} {component} failed: {error}");
+    }
 }
 
 /// The two tests here stop the same broker; one outage at a time.
@@ -43,12 +36,12 @@ fn results_survive_a_broker_outage() {
         .request_count()
         >= 5));
 
-    stack_script("stop", "kafka");
+    stack_script_or_fail("stop", "kafka");
     let during = server.request_count();
     let kept_checking = wait_until(Duration::from_secs(30), || {
         server.request_count() >= during + 10
     });
-    stack_script("start", "kafka");
+    stack_script_or_fail("start", "kafka");
     assert!(kept_checking, "pub stopped checking while Kafka was down");
 
     let after = server.request_count();
@@ -96,12 +89,12 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
     assert!(wait_until(Duration::from_secs(30), || server
         .request_count()
         >= 3));
-    stack_script("stop", "kafka");
+    stack_script_or_fail("stop", "kafka");
     let during = server.request_count();
     let kept_checking = wait_until(Duration::from_secs(30), || {
         server.request_count() >= during + 10
     });
-    stack_script("start", "kafka");
+    stack_script_or_fail("start", "kafka");
     signal(&publisher, "INT");
     let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
     assert!(kept_checking, "pub stopped checking while Kafka was down");

@@ -387,3 +387,256 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+// ------------------------------------------------------------------------------------
+// For tests/exactly_once.rs: many valid messages straight into Kafka, processes whose
+// logs are kept, a row counter that survives a database restart, and the stack script.
+
+/// One valid schema-v1 check result, built field by field as a producer would.
+pub fn check_payload(index: usize) -> (String, Vec<u8>) {
+    let target = format!("http://t{}.example.test/health", index % 16);
+    let ok = !index.is_multiple_of(7);
+    let value = serde_json::json!({
+        "v": 1,
+        "id": uuid::Uuid::new_v4().to_string(),
+        "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "target": target,
+        "ok": ok,
+        "http_status": if ok { 200 } else { 503 },
+        "latency_ms": 3.0 + (index % 250) as f64 / 10.0,
+        "error_kind": if ok { None } else { Some("status") },
+        "error_text": if ok { None } else { Some("status 503 not in 200-299") },
+        "pattern": "all is well",
+        "pattern_found": ok,
+    });
+    (
+        target,
+        serde_json::to_vec(&value).expect("JSON always serializes"),
+    )
+}
+
+/// Counts deliveries that failed, so a producer can't lose messages unnoticed.
+#[derive(Default)]
+pub struct DeliveryCount {
+    failed: AtomicUsize,
+}
+
+impl rdkafka::ClientContext for DeliveryCount {}
+
+impl rdkafka::producer::ProducerContext for DeliveryCount {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Writes valid check results to a topic with rdkafka's BaseProducer, keyed by target
+/// so they spread over the topic's partitions.
+pub struct CheckProducer {
+    producer: rdkafka::producer::BaseProducer<DeliveryCount>,
+    topic: String,
+    sent: usize,
+}
+
+impl CheckProducer {
+    pub fn new(stack: &Stack, topic: &str) -> CheckProducer {
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &stack.broker)
+            .set("linger.ms", "20")
+            .create_with_context(DeliveryCount::default())
+            .expect("creating the test producer");
+        CheckProducer {
+            producer,
+            topic: topic.to_owned(),
+            sent: 0,
+        }
+    }
+
+    /// Queues `count` more messages, waiting for room when the local queue is full.
+    pub fn send(&mut self, count: usize) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        use rdkafka::producer::BaseRecord;
+        for _ in 0..count {
+            let (key, payload) = check_payload(self.sent);
+            loop {
+                let record = BaseRecord::to(&self.topic).key(&key).payload(&payload);
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        self.producer.poll(Duration::from_millis(20));
+                    }
+                    Err((error, _)) => panic!("producing to {}: {error}", self.topic),
+                }
+            }
+            self.sent += 1;
+        }
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits until Kafka has acknowledged every message; fails the test if any was lost.
+    pub fn flush(&self) {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("flushing the test producer: {e}"));
+        let failed = self.producer.context().failed.load(Ordering::SeqCst);
+        assert_eq!(failed, 0, "{failed} test message(s) were not delivered");
+    }
+}
+
+/// Produces `count` valid check results and waits for Kafka to acknowledge them.
+pub fn produce_checks(stack: &Stack, topic: &str, count: usize) {
+    let mut producer = CheckProducer::new(stack, topic);
+    producer.send(count);
+    producer.flush();
+}
+
+/// A running process whose stderr a thread keeps reading into memory, so a chatty
+/// process never blocks on a full pipe and its log can be searched while it runs.
+/// Dropping it kills the process, so a failed test leaves nothing behind.
+pub struct Logged {
+    child: Child,
+    log: Arc<std::sync::Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    pub fn spawn(command: &mut Command) -> Logged {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting metrics-flow");
+        let mut pipe = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let reader = thread::spawn(move || {
+            let mut line = Vec::new();
+            while matches!(pipe.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+        });
+        Logged {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_reader();
+    }
+
+    /// Waits for the process to exit within `limit`, killing it and failing otherwise.
+    pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let exited = wait_until(limit, || self.has_exited());
+        if !exited {
+            self.kill();
+        }
+        let status = self.child.wait().expect("waiting for the process");
+        self.join_reader();
+        let log = self.log();
+        assert!(
+            exited,
+            "process did not exit within {limit:?}; stderr:\n{log}"
+        );
+        (status, log)
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if !self.has_exited() {
+            self.kill();
+        }
+    }
+}
+
+/// Counts a table's rows over one connection, reconnecting after a failure (a restarted
+/// server), and reading 0 while the table or the server is not there.
+pub struct RowCounter {
+    dsn: String,
+    sql: String,
+    client: Option<postgres::Client>,
+}
+
+impl RowCounter {
+    pub fn new(stack: &Stack, table: &str) -> RowCounter {
+        RowCounter {
+            dsn: stack.dsn.clone(),
+            sql: format!("SELECT count(*) FROM {table}"),
+            client: None,
+        }
+    }
+
+    pub fn rows(&mut self) -> i64 {
+        // A connection from before a restart fails once; a fresh one answers.
+        match self.try_rows() {
+            Some(rows) => rows,
+            None => self.try_rows().unwrap_or(0),
+        }
+    }
+
+    fn try_rows(&mut self) -> Option<i64> {
+        if self.client.is_none() {
+            self.client = postgres::Client::connect(&self.dsn, postgres::NoTls).ok();
+        }
+        let client = self.client.as_mut()?;
+        match client.query_one(&self.sql, &[]) {
+            Ok(row) => Some(row.get(0)),
+            Err(_) => {
+                self.client = None;
+                None
+            }
+        }
+    }
+}
+
+/// Runs `scripts/stack.sh ARGS...` of this repository with the test process's
+/// environment, so MF_STACK_DIR, the MF_*_PORT variables and MF_TLS select the stack
+/// the tests run against. Err holds the exit status and the script's stderr.
+pub fn stack_script(args: &[&str]) -> Result<(), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("could not run {script}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script} {} exited with {}:\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}

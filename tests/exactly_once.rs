@@ -1,0 +1,309 @@
+//! Exactly once under failure, on the real stack: `sub` is killed, the broker and the
+//! database restart under it, and consumers come and go in one group. Each case writes
+//! a known number of valid messages straight into a topic with several partitions and
+//! ends with exactly that many rows, each id once.
+//!
+//! The cases restart services of the stack that the whole test run uses, so they run
+//! one at a time (the `SERIAL` lock). The services are restarted with
+//! `scripts/stack.sh` and this process's environment, which scripts/test.sh set up:
+//! the same MF_STACK_DIR, ports and MF_TLS, hence the same stack.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deadlines for conditions that should hold much sooner; they only stop a broken
+/// run from hanging.
+const INGEST_LIMIT: Duration = Duration::from_secs(150);
+const EXIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// `sub` on the test topic with small batches, so a run spans many transactions.
+/// The connect deadline outlasts a service restart on a busy machine.
+fn sub(stack: &Stack, topic: &str, table: &str, group: &str) -> std::process::Command {
+    let mut command = metrics_flow(stack, topic);
+    command
+        .args(["sub", "--table", table, "--group", group])
+        .args(["--batch-size", "500"])
+        .env("BATCH_AGE_MS", "50")
+        .env("CONNECT_DEADLINE", "120");
+    command
+}
+
+/// Polls until the table holds at least `rows` rows, failing with the subscriber's log
+/// if it exits or the limit passes first. Returns the count seen.
+fn wait_rows(counter: &mut RowCounter, rows: i64, subscriber: &mut Logged) -> i64 {
+    let mut seen = 0;
+    let mut exited = false;
+    let reached = wait_until(INGEST_LIMIT, || {
+        seen = counter.rows();
+        exited = subscriber.has_exited();
+        seen >= rows || exited
+    });
+    assert!(
+        reached && seen >= rows,
+        "waited for {rows} rows, saw {seen}{}; sub's log:\n{}",
+        if exited { " and sub exited" } else { "" },
+        subscriber.log()
+    );
+    seen
+}
+
+/// SIGTERM, then a clean exit.
+fn stop(subscriber: &mut Logged, name: &str) -> String {
+    subscriber.signal("TERM");
+    let (status, log) = subscriber.wait_exit(EXIT_LIMIT);
+    assert!(status.success(), "{name} exited with {status}; log:\n{log}");
+    log
+}
+
+/// The end state every case must reach: `n` rows, `n` distinct ids, nothing rejected,
+/// and stored offsets that add up to the `n` messages of the topic.
+fn assert_exactly(stack: &Stack, table: &str, topic: &str, n: usize) {
+    let mut pg = stack.pg();
+    let row = pg
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT id), count(DISTINCT kafka_partition) FROM {table}"
+            ),
+            &[],
+        )
+        .expect("counting rows");
+    let (rows, ids, partitions): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(rows, n as i64, "rows stored for {n} messages");
+    assert_eq!(ids, n as i64, "distinct ids stored for {n} messages");
+    assert!(
+        partitions >= 2,
+        "the test topic should spread over several partitions, rows came from {partitions}"
+    );
+    let rejected: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM {table}_rejected"), &[])
+        .expect("counting rejected rows")
+        .get(0);
+    assert_eq!(rejected, 0, "valid messages were rejected");
+    let next: i64 = pg
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM {table}_offsets WHERE topic = $1"
+            ),
+            &[&topic],
+        )
+        .expect("reading stored offsets")
+        .get(0);
+    assert_eq!(
+        next, n as i64,
+        "stored offsets should cover exactly the {n} messages"
+    );
+}
+
+/// The rows a subscriber says it stored, from its last log line.
+fn stored_by(log: &str) -> i64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("stored") && line.contains("rejected payload"))
+        .unwrap_or_else(|| panic!("no final 'stored ... row(s)' line in:\n{log}"));
+    let after = &line[line.find("stored ").expect("'stored' in the line") + "stored ".len()..];
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row count in {line:?}"))
+}
+
+/// A stopped service of the stack. `start` brings it back and fails the test if the
+/// script does; if the test fails first, dropping the guard still starts it, so later
+/// tests find the stack whole.
+struct Stopped {
+    service: &'static str,
+    running: bool,
+}
+
+fn stop_service(service: &'static str) -> Stopped {
+    if let Err(error) = stack_script(&["stop", service]) {
+        panic!("could not stop {service} with scripts/stack.sh: {error}");
+    }
+    Stopped {
+        service,
+        running: false,
+    }
+}
+
+impl Stopped {
+    fn start(mut self) {
+        self.running = true;
+        if let Err(error) = stack_script(&["start", self.service]) {
+            panic!(
+                "could not start {} again with scripts/stack.sh: {error}",
+                self.service
+            );
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.running {
+            if let Err(error) = stack_script(&["start", self.service]) {
+                eprintln!("could not start {} again: {error}", self.service);
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_ingest_neither_loses_nor_duplicates() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_kill");
+    let table = unique("eo_kill");
+    const N: usize = 50_000;
+    const KILLS: usize = 5;
+    produce_checks(&stack, &topic, N);
+
+    let mut counter = RowCounter::new(&stack, &table);
+    let mut killed_at = Vec::new();
+    for round in 1..=KILLS {
+        // A fresh group for every run: the killed process stays a member of its group
+        // until its session times out (45 s), and a newcomer to that group would wait
+        // for it. Which group it is doesn't matter for what is stored: the offsets
+        // come from PostgreSQL.
+        let group = format!("{topic}_{round}");
+        let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &group));
+        let target = (N * round / (KILLS + 1)) as i64;
+        let before = counter.rows();
+        let seen = wait_rows(&mut counter, target.max(before + 1), &mut subscriber);
+        subscriber.kill();
+        killed_at.push(seen);
+    }
+    eprintln!("rows when sub was killed: {killed_at:?}");
+
+    run_ok(metrics_flow(&stack, &topic).args([
+        "sub",
+        "--once",
+        "--table",
+        &table,
+        "--group",
+        &format!("{topic}_last"),
+    ]));
+    assert_exactly(&stack, &table, &topic, N);
+}
+
+#[test]
+fn a_broker_restart_mid_ingest_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_broker");
+    let table = unique("eo_broker");
+    const BEFORE: usize = 20_000;
+    const AFTER: usize = 10_000;
+    produce_checks(&stack, &topic, BEFORE);
+
+    let mut counter = RowCounter::new(&stack, &table);
+    let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    wait_rows(&mut counter, 1, &mut subscriber);
+    let before_restart = counter.rows();
+    stop_service("kafka").start();
+    eprintln!(
+        "rows when Kafka was stopped: {before_restart}; once it was back: {}; of {BEFORE} then",
+        counter.rows()
+    );
+    produce_checks(&stack, &topic, AFTER);
+
+    wait_rows(&mut counter, (BEFORE + AFTER) as i64, &mut subscriber);
+    stop(&mut subscriber, "sub");
+    assert_exactly(&stack, &table, &topic, BEFORE + AFTER);
+}
+
+#[test]
+fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_pg");
+    let table = unique("eo_pg");
+    const BEFORE: usize = 20_000;
+    const AFTER: usize = 10_000;
+    produce_checks(&stack, &topic, BEFORE);
+
+    let mut counter = RowCounter::new(&stack, &table);
+    let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    wait_rows(&mut counter, 1, &mut subscriber);
+    let before_restart = counter.rows();
+    stop_service("pg").start();
+    eprintln!(
+        "rows when PostgreSQL was stopped: {before_restart}; once it was back: {}; of {BEFORE} then",
+        counter.rows()
+    );
+    produce_checks(&stack, &topic, AFTER);
+
+    wait_rows(&mut counter, (BEFORE + AFTER) as i64, &mut subscriber);
+    let log = stop(&mut subscriber, "sub");
+    assert_exactly(&stack, &table, &topic, BEFORE + AFTER);
+    assert!(
+        log.contains("reconnected"),
+        "sub should have lost and regained PostgreSQL; log:\n{log}"
+    );
+}
+
+#[test]
+fn consumers_joining_and_leaving_a_group_share_the_work_exactly_once() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_group");
+    let table = unique("eo_group");
+    const CHUNK: usize = 500;
+    const CHUNKS: usize = 60;
+    const N: usize = CHUNK * CHUNKS;
+
+    // Messages keep arriving, a chunk at a time, while consumers join and leave.
+    produce_checks(&stack, &topic, CHUNK);
+    let producing = {
+        let stack = Stack::from_env();
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            let mut producer = CheckProducer::new(&stack, &topic);
+            for _ in 1..CHUNKS {
+                producer.send(CHUNK);
+                producer.flush();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let mut counter = RowCounter::new(&stack, &table);
+    let mut first = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    let before_second = wait_rows(&mut counter, 1, &mut first);
+    let mut second = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    let joined = wait_until(INGEST_LIMIT, || {
+        second.log().contains("assigned partitions [") || second.has_exited()
+    });
+    assert!(
+        joined && !second.has_exited(),
+        "the second sub never got partitions; its log:\n{}",
+        second.log()
+    );
+    wait_rows(&mut counter, before_second + 1, &mut first);
+    let first_log = stop(&mut first, "the first sub");
+
+    producing.join().expect("the producer thread failed");
+    wait_rows(&mut counter, N as i64, &mut second);
+    let second_log = stop(&mut second, "the second sub");
+    assert_exactly(&stack, &table, &topic, N);
+    assert_eq!(
+        stored_by(&first_log) + stored_by(&second_log),
+        N as i64,
+        "what the two subs say they stored should add up to the {N} messages"
+    );
+    assert!(
+        second_log.matches("assigned partitions").count() >= 2,
+        "the second sub should have been assigned partitions again when the first left; log:\n{second_log}"
+    );
+}
