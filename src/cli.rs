@@ -221,7 +221,7 @@ pub struct SubArgs {
     pub batch_size: u32,
 
     /// A batch is written once its oldest message has waited this many milliseconds.
-    #[arg(long, env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis)]
+    #[arg(long = "batch-age-ms", env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis)]
     pub batch_age: Duration,
 }
 
