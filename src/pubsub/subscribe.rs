@@ -2,7 +2,7 @@
 //! on every assignment, and are fenced on every commit, so each message lands once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,6 +20,8 @@ use crate::cli::SubArgs;
 use crate::shutdown::{retry_until, Shutdown};
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How long a consumer may hold no partitions before its group membership is checked.
+const MEMBERSHIP_GRACE: Duration = Duration::from_secs(30);
 
 pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // Every setting is checked before anything is contacted, so bad input exits 2 at once.
@@ -49,9 +51,48 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         totals: Totals::default(),
         fatal: None,
     };
-    let consumer: BaseConsumer<SinkContext> = kafka_config
+    let sink = Arc::new(Mutex::new(sink));
+    let result = loop {
+        let membership = Membership::new(&args.group);
+        let consumer = join_group(&kafka_config, &membership, &sink, &args, &shutdown)?;
+        match consume(&consumer, &args, &shutdown, membership) {
+            // Dropping the consumer leaves the group; its replacement joins afresh and
+            // resumes from the offsets stored in PostgreSQL.
+            Ok(Ended::LeftGroup) => log::warn!(
+                "this consumer is no longer a member of group {} although the topic exists; rejoining",
+                args.group
+            ),
+            Ok(Ended::Finished) => break consumer.context().sink().flush(&consumer),
+            // After a failure the batch in hand is not trusted; it will be re-read.
+            Err(error) => break Err(error),
+        }
+    };
+    let totals = sink
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .totals
+        .clone();
+    log::info!(
+        "stored {} row(s) and {} rejected payload(s)",
+        totals.rows,
+        totals.rejected
+    );
+    result
+}
+
+/// Creates a consumer around the shared sink, waits for the brokers and subscribes.
+fn join_group(
+    config: &rdkafka::ClientConfig,
+    membership: &Membership,
+    sink: &Arc<Mutex<Sink>>,
+    args: &SubArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<BaseConsumer<SinkContext>> {
+    let mut config = config.clone();
+    config.set("client.id", &membership.client_id);
+    let consumer: BaseConsumer<SinkContext> = config
         .create_with_context(SinkContext {
-            sink: Mutex::new(sink),
+            sink: Arc::clone(sink),
             last_error: kafka::LastError::default(),
         })
         .context("creating the Kafka consumer")?;
@@ -62,30 +103,91 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             let _ = consumer.poll(Duration::ZERO);
         },
         &args.kafka,
-        &shutdown,
+        shutdown,
     )?;
     consumer
         .subscribe(&[&args.kafka.topic])
         .context("subscribing to the topic")?;
     log::info!("consuming {} as group {}", args.kafka.topic, args.group);
+    Ok(consumer)
+}
 
-    // After a failure the batch in hand is not trusted; it will be re-read from Kafka.
-    let result = consume(&consumer, &args, &shutdown)
-        .and_then(|()| consumer.context().sink().flush(&consumer));
-    let totals = consumer.context().sink().totals.clone();
-    log::info!(
-        "stored {} row(s) and {} rejected payload(s)",
-        totals.rows,
-        totals.rejected
-    );
-    result
+/// Why the consume loop returned without an error.
+enum Ended {
+    /// Stopped on request, or caught up with `--once`.
+    Finished,
+    /// The group went on without this consumer, which librdkafka does not always
+    /// notice after its coordinator restarts.
+    LeftGroup,
+}
+
+/// Watches that a consumer holding no partitions is still a member of its group. An
+/// idle member (more consumers than partitions) is listed by the broker and left alone.
+struct Membership {
+    client_id: String,
+    group: String,
+    unassigned_since: Option<Instant>,
+    last_check: Option<Instant>,
+}
+
+impl Membership {
+    fn new(group: &str) -> Membership {
+        // Unique per consumer, so the broker's member list can tell this one apart.
+        let client_id = format!(
+            "metrics-flow-sub-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Membership {
+            client_id,
+            group: group.to_owned(),
+            unassigned_since: None,
+            last_check: None,
+        }
+    }
+
+    fn lost(&mut self, consumer: &BaseConsumer<SinkContext>, assigned: bool, topic: &str) -> bool {
+        if assigned {
+            self.unassigned_since = None;
+            return false;
+        }
+        let since = *self.unassigned_since.get_or_insert_with(Instant::now);
+        let checked_lately = self
+            .last_check
+            .is_some_and(|t| t.elapsed() < MEMBERSHIP_GRACE);
+        if since.elapsed() < MEMBERSHIP_GRACE || checked_lately {
+            return false;
+        }
+        self.last_check = Some(Instant::now());
+        let limit = Duration::from_secs(5);
+        let topic_exists = consumer.fetch_metadata(Some(topic), limit).is_ok_and(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.error().is_none() && !t.partitions().is_empty())
+        });
+        let listed = consumer
+            .fetch_group_list(Some(&self.group), limit)
+            .map(|list| {
+                list.groups()
+                    .iter()
+                    .flat_map(|g| g.members())
+                    .any(|m| m.client_id() == self.client_id)
+            });
+        log::debug!(
+            "no partitions for {:.0} s; topic exists: {topic_exists}, listed in group {}: {listed:?}",
+            since.elapsed().as_secs_f64(),
+            self.group
+        );
+        topic_exists && matches!(listed, Ok(false))
+    }
 }
 
 fn consume(
     consumer: &BaseConsumer<SinkContext>,
     args: &SubArgs,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+    mut membership: Membership,
+) -> anyhow::Result<Ended> {
     let mut last_progress = Instant::now();
     let mut reported = 0u64;
     while !shutdown.requested() {
@@ -118,7 +220,7 @@ fn consume(
             sink.flush(consumer)?;
             if sink.caught_up() {
                 log::info!("caught up with every assigned partition");
-                return Ok(());
+                return Ok(Ended::Finished);
             }
         }
         if last_progress.elapsed() >= PROGRESS_EVERY && sink.totals.rows != reported {
@@ -126,8 +228,13 @@ fn consume(
             reported = sink.totals.rows;
             last_progress = Instant::now();
         }
+        let assigned = !sink.expected.is_empty();
+        drop(sink);
+        if membership.lost(consumer, assigned, &args.kafka.topic) {
+            return Ok(Ended::LeftGroup);
+        }
     }
-    Ok(())
+    Ok(Ended::Finished)
 }
 
 fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
@@ -155,7 +262,7 @@ struct Totals {
 /// Consumer context owning the database side, so the rebalance hook can flush before
 /// partitions leave and read stored offsets before they arrive.
 struct SinkContext {
-    sink: Mutex<Sink>,
+    sink: Arc<Mutex<Sink>>,
     last_error: kafka::LastError,
 }
 
