@@ -390,6 +390,81 @@ fn copy_rejected(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::message::{Details, SCHEMA_VERSION};
+
+    /// The real test database started by scripts/test.sh.
+    fn database() -> Client {
+        let dsn = std::env::var("POSTGRESQL_DSN")
+            .expect("POSTGRESQL_DSN is not set: run the tests through scripts/test.sh");
+        Client::connect(&dsn, postgres::NoTls).expect("connecting to the test database")
+    }
+
+    fn batch(partition: i32, offsets: std::ops::Range<i64>) -> Batch {
+        let accepted: Vec<AcceptedRow> = offsets
+            .clone()
+            .map(|offset| AcceptedRow {
+                check: CheckResult {
+                    v: SCHEMA_VERSION,
+                    id: uuid::Uuid::new_v4(),
+                    checked_at: chrono::Utc::now(),
+                    target: "http://fence.test/".into(),
+                    ok: true,
+                    http_status: Some(200),
+                    latency_ms: Some(1.0),
+                    error_kind: None,
+                    error_text: None,
+                    pattern: None,
+                    pattern_found: None,
+                    details: Details::default(),
+                },
+                partition,
+                offset,
+            })
+            .collect();
+        Batch {
+            accepted,
+            rejected: Vec::new(),
+            next_offsets: BTreeMap::from([(partition, offsets.end)]),
+        }
+    }
+
+    #[test]
+    fn a_consumer_that_lost_its_partition_is_fenced_off() {
+        let mut client = database();
+        let name = format!(
+            "fence_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let table = TableName::parse(&name[..40.min(name.len())]).unwrap();
+        migrate(&mut client, &table).unwrap();
+        let count = |client: &mut Client| -> i64 {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .unwrap()
+                .get(0)
+        };
+
+        // The first owner stores offsets 0..10; the partition's stored offset is now 10.
+        let first = BTreeMap::from([(0, None)]);
+        commit_batch(&mut client, &table, "t", &batch(0, 0..10), &first).unwrap();
+        // A second consumer that also started from "nothing stored" is refused.
+        let stale = commit_batch(&mut client, &table, "t", &batch(0, 0..5), &first);
+        assert!(matches!(stale, Err(CommitError::Fenced { partition: 0 })));
+        // So is one that believes the offset is still 4.
+        let behind = BTreeMap::from([(0, Some(4))]);
+        let stale = commit_batch(&mut client, &table, "t", &batch(0, 4..12), &behind);
+        assert!(matches!(stale, Err(CommitError::Fenced { partition: 0 })));
+        assert_eq!(count(&mut client), 10, "fenced batches wrote nothing");
+        // The rightful owner carries on from 10.
+        let current = BTreeMap::from([(0, Some(10))]);
+        commit_batch(&mut client, &table, "t", &batch(0, 10..15), &current).unwrap();
+        assert_eq!(count(&mut client), 15);
+        assert_eq!(
+            stored_offsets(&mut client, &table, "t", &[0, 1]).unwrap(),
+            BTreeMap::from([(0, 15)])
+        );
+    }
 
     #[test]
     fn table_names_are_validated_and_quoted() {
