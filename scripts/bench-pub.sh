@@ -253,17 +253,21 @@ check_log() { # logfile what
     fi
 }
 
-# Run pub --once under GNU time; print "wall_ms rss_kb setup_ms checks_ms flush_ms".
+# CPU milliseconds (user + system) from GNU time's "%U %S" seconds.
+cpu_ms() { awk '{ printf "%.0f", ($1 + $2) * 1000 }' <<<"$1"; }
+
+# Run pub --once under GNU time; print
+# "wall_ms rss_kb cpu_ms setup_ms checks_ms flush_ms".
 # The wall time is the whole process, Kafka connection and final flush
 # included; the phases come from pub's own log timestamps (setup: start to
 # "checking", checks: to "flushing", flush: to "published").
 run_pub() { # targets-file concurrency topic
-    local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss
+    local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu
     local checking flushing published start_ms
     start=$(now_ns)
     # Settings from the caller's environment that would change what is
     # checked (extra targets, a pattern, a shard) are removed.
-    if ! /usr/bin/time -f %M -o "$out.rss" \
+    if ! /usr/bin/time -f '%M %U %S' -o "$out.time" \
         env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG \
         "$BIN" pub --once --targets-file "$file" --concurrency "$concurrency" \
         --timeout 10 --topic "$topic" 2>"$out.pub.log"; then
@@ -271,15 +275,17 @@ run_pub() { # targets-file concurrency topic
     fi
     end=$(now_ns)
     check_log "$out.pub.log" "pub ($topic)"
-    rss=$(tail -n 1 "$out.rss")
+    # On failure GNU time writes a line of its own first: the figures are last.
+    read -r rss cpu < <(tail -n 1 "$out.time")
+    cpu=$(cpu_ms "$cpu")
     start_ms=$((start / 1000000))
     checking=$(log_ms "$out.pub.log" "] checking ")
     flushing=$(log_ms "$out.pub.log" "] flushing ")
     published=$(log_ms "$out.pub.log" "] published ")
     if [[ -n $checking && -n $flushing && -n $published ]]; then
-        echo "$(((end - start) / 1000000)) $rss $((checking - start_ms)) $((flushing - checking)) $((published - flushing))"
+        echo "$(((end - start) / 1000000)) $rss $cpu $((checking - start_ms)) $((flushing - checking)) $((published - flushing))"
     else
-        echo "$(((end - start) / 1000000)) $rss ? ? ?"
+        echo "$(((end - start) / 1000000)) $rss $cpu ? ? ?"
     fi
 }
 
@@ -305,12 +311,13 @@ check_rows() { # table expected
     fi
 }
 
-# ab's rate for the same request count and concurrency, without -k, on one URL.
+# ab's rate for the same request count and concurrency, without -k, on one
+# URL; print "requests_per_second cpu_ms".
 run_ab() { # url count concurrency
-    local out=$WORK/ab.out failed non2xx
-    if ! ab -q -n "$2" -c "$3" "$1" >"$out" 2>&1; then
+    local out=$WORK/ab.out failed non2xx rate
+    if ! /usr/bin/time -f '%U %S' -o "$out.time" ab -q -n "$2" -c "$3" "$1" >"$out" 2>&1; then
         warn "ab -n $2 -c $3 failed: $(tail -n 1 "$out")"
-        echo "?"
+        echo "? ?"
         return
     fi
     failed=$(awk '/^Failed requests:/ { print $3 }' "$out")
@@ -318,7 +325,8 @@ run_ab() { # url count concurrency
     if [[ ${failed:-0} != 0 || -n $non2xx ]]; then
         warn "ab -n $2 -c $3: $failed failed request(s), ${non2xx:-0} non-2xx"
     fi
-    awk '/^Requests per second:/ { printf "%.0f\n", $4 }' "$out"
+    rate=$(awk '/^Requests per second:/ { printf "%.0f", $4 }' "$out")
+    echo "$rate $(cpu_ms "$(tail -n 1 "$out.time")")"
 }
 
 # ---------------------------------------------------------------- the runs
@@ -337,15 +345,15 @@ warm_up() { # nginx-port
 p50() { echo "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY $1)::numeric, 2)"; }
 
 throughput() { # nginx-port
-    local port=$1 size concurrency topic wall rss setup checks flush ab_rate
-    local rate ratio lag_p50 lag_p99 lag_max check_rate medians
+    local port=$1 size concurrency topic wall rss cpu setup checks flush ab_rate
+    local ab_cpu rate ratio lag_p50 lag_p99 lag_max check_rate medians cpu_per
     local rows=() phases=()
     for size in $SIZES; do
         write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
         for concurrency in $CONCURRENCIES; do
             topic=bench_pub_${STAMP}_${size}_${concurrency}
             log "pub: $size targets, concurrency $concurrency"
-            read -r wall rss setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
+            read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
             drain "$topic"
             check_rows "$topic" "$size"
             read -r lag_p50 lag_p99 lag_max < <(figures "
@@ -356,17 +364,19 @@ throughput() { # nginx-port
             # Inside one check: pub's own phase timings, stored by sub.
             medians=$(figures "SELECT $(p50 latency_ms), $(p50 dns_ms), $(p50 connect_ms), $(p50 ttfb_ms) FROM $topic" 4)
             log "ab: $size requests, concurrency $concurrency"
-            ab_rate=$(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
+            read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
             rate=$(awk -v n="$size" -v ms="$wall" 'BEGIN { printf "%.0f", n * 1000 / ms }')
             ratio=$(awk -v a="$rate" -v b="$ab_rate" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')
             check_rate=$(awk -v n="$size" -v ms="$checks" 'BEGIN { if (ms + 0 > 0) printf "%.0f", n * 1000 / ms; else print "?" }')
+            # CPU per check / per request, in microseconds.
+            cpu_per=$(awk -v n="$size" -v a="$cpu" -v b="$ab_cpu" 'BEGIN { printf "%.0f %.0f", a * 1000 / n, b * 1000 / n }')
             log "  pub $rate checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms"
             rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %6.1f | %7s | %7s | %7s |' \
                 "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" \
                 "$(awk -v kb="$rss" 'BEGIN { print kb / 1024 }')" "$lag_p50" "$lag_p99" "$lag_max")")
-            # shellcheck disable=SC2086 # $medians: four numbers, split on purpose
-            phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s |' \
-                "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians)")
+            # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
+            phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
+                "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians $cpu_per)")
         done
     done
     echo
@@ -379,10 +389,11 @@ throughput() { # nginx-port
     echo
     echo "Where pub's wall time goes, from its log timestamps (setup: start to the first"
     echo "check, i.e. Kafka connection and topic creation; checks; final flush), and the"
-    echo "median phases of one check from the stored rows. All in ms."
+    echo "median phases of one check from the stored rows, all in ms; then CPU time"
+    echo "(user + system) per check of the whole pub process and per request of ab, in us."
     echo
-    echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb |"
-    echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|"
+    echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU |"
+    echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|--------:|-------:|"
     printf '%s\n' "${phases[@]}"
 }
 
@@ -457,7 +468,9 @@ main() {
     start_delay_server "$delay_port"
     accuracy "$delay_port"
     echo
-    echo "total benchmark time: $((($(now_ns) - started) / 1000000000)) s"
+    # The load average again: this machine is shared, and a busy neighbour
+    # shows up in every figure above.
+    echo "total benchmark time: $((($(now_ns) - started) / 1000000000)) s, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 main "$@"
