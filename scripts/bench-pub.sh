@@ -167,10 +167,11 @@ stop_nginx() {
 
 # The delaying server: Python's asyncio, sleeping ?ms=D milliseconds before it
 # answers 200. Not http.server's ThreadingHTTPServer: with 30 requests
-# arriving at once, its accept-then-spawn-a-thread loop and its header parser
-# queue them for 10-20 ms, as ab sees too, which would drown the 2 ms the
-# figure is about. asyncio handles the burst in a few ms (its timers round up
-# to the next millisecond, so it adds up to 1 ms of its own).
+# arriving at once, accepting them one by one and starting a thread for each
+# queued them for 12-19 ms in trials (for ab too, with a bare socketserver),
+# which would drown the 2 ms the figure is about. asyncio took 6-8 ms for the
+# same burst (its timers round up to the next millisecond, so it adds up to
+# 1 ms of its own).
 start_delay_server() { # port
     cat >"$WORK/delay_server.py" <<'EOF'
 import asyncio
