@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# Benchmark of `metrics-flow pub` (issue 3): throughput, peak memory and
+# schedule lag of `pub --once` against a local nginx, next to `ab` without
+# keep-alive as a baseline; then timing accuracy against a server that waits a
+# known delay before answering.
+#
+#   bash scripts/bench-pub.sh
+#
+# Progress goes to stderr, the figures (Markdown tables) to stdout. Everything
+# runs one after the other, never two measured things at once.
+#
+# Environment (all optional):
+#   BENCH_SIZES            "1000 10000"    target counts
+#   BENCH_CONCURRENCIES    "8 32 128"      pub --concurrency and ab -c
+#   BENCH_DELAYS_MS        "10 100 1000"   injected delays for the accuracy part
+#   BENCH_DELAY_CHECKS     30              checks (distinct URLs) per delay
+#   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables
+#   CARGO_TARGET_DIR                       where the release binary is built
+#   MF_*                                   passed on to scripts/stack.sh (ports,
+#                                          state dir), see that script
+#
+# Needs root or sudo only when nginx, ab (apache2-utils) or GNU time are
+# missing: they are installed from Debian's packages.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SIZES=${BENCH_SIZES:-"1000 10000"}
+CONCURRENCIES=${BENCH_CONCURRENCIES:-"8 32 128"}
+DELAYS_MS=${BENCH_DELAYS_MS:-"10 100 1000"}
+DELAY_CHECKS=${BENCH_DELAY_CHECKS:-30}
+KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
+# Unique per invocation, so every run gets a fresh topic, group and table
+# (sub allows table names of at most 40 characters, hence seconds since 1970).
+STAMP=$(date +%s)
+
+WORK=""
+NGINX_PID=""
+DELAY_SERVER_PID=""
+STACK_STARTED=()   # stack components this script started, stopped again at exit
+TABLES=()          # tables created by `sub`, dropped at exit unless kept
+
+log() { echo "bench: $*" >&2; }
+warn() { echo "bench: WARNING: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+now_ns() { date +%s%N; }
+
+# ------------------------------------------------------------------ cleanup
+
+cleanup() {
+    local component table
+    stop_nginx
+    if [[ -n $DELAY_SERVER_PID ]]; then kill "$DELAY_SERVER_PID" 2>/dev/null || true; fi
+    if ((${#TABLES[@]} > 0)) && [[ $KEEP_TABLES != 1 ]]; then
+        for table in "${TABLES[@]}"; do
+            drop_tables "$table" || true
+        done
+    fi
+    # Only what this script started: a stack someone else runs stays up.
+    for component in "${STACK_STARTED[@]}"; do
+        bash "$REPO/scripts/stack.sh" stop "$component" >&2 || true
+    done
+    if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
+}
+
+# ------------------------------------------------------------------- set-up
+
+# Debian packages for the tools, installed only when missing (like deps.sh:
+# dpkg must say "install ok installed", a removed package does not count).
+install_missing() {
+    local pkg status missing=() as_root=()
+    for pkg in nginx apache2-utils time; do
+        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+        [[ $status == "install ok installed" ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+        as_root=(sudo)
+    fi
+    log "installing ${missing[*]}"
+    # Installing nginx may start the system service on port 80 where no
+    # policy-rc.d forbids it; this benchmark never uses that instance.
+    "${as_root[@]}" apt-get update -qq >&2
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+build() {
+    log "building the release binary (cargo build --release --locked)"
+    (cd "$REPO" && cargo build --release --locked >&2)
+    [[ -x $BIN ]] || die "no binary at $BIN"
+}
+
+# The stack script honours the caller's MF_* settings. Remember which parts
+# were down before, so exactly those are stopped again at exit.
+start_stack() {
+    local status component stack_env
+    status=$(bash "$REPO/scripts/stack.sh" status 2>/dev/null || true)
+    for component in kafka pg; do
+        grep -q "^$component: running" <<<"$status" || STACK_STARTED+=("$component")
+    done
+    stack_env=$(bash "$REPO/scripts/stack.sh" start) || die "scripts/stack.sh start failed"
+    eval "$stack_env"
+    log "stack: KAFKA_BROKER=$KAFKA_BROKER"
+}
+
+# A free loopback port, chosen by the kernel. (A race with another process
+# grabbing it before our server binds is possible but harmless: start fails.)
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_for_port() { # port what
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "$2 did not listen on 127.0.0.1:$1"
+}
+
+# A private nginx: its own prefix, config, pid and logs under $WORK, in the
+# foreground of a background job so its pid is ours to kill. Every path
+# answers 200 "ok". keepalive_timeout 0 makes nginx close each connection
+# itself, for pub and ab alike, so TIME_WAIT sockets pile up on the server's
+# side and the clients never run short of ephemeral ports.
+start_nginx() { # port
+    local port=$1 dir=$WORK/nginx
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 0;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        default_type text/plain;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+    # -e: nginx opens its error log before reading the config; keep it private too.
+    /usr/sbin/nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    NGINX_PID=$!
+    wait_for_port "$port" nginx
+    log "nginx (pid $NGINX_PID) on 127.0.0.1:$port"
+}
+
+# SIGTERM is nginx's fast shutdown: the master stops its workers, then exits.
+stop_nginx() {
+    [[ -n $NGINX_PID ]] || return 0
+    kill "$NGINX_PID" 2>/dev/null || true
+    wait "$NGINX_PID" 2>/dev/null || true
+    NGINX_PID=""
+}
+
+# The delaying server: Python's asyncio, sleeping ?ms=D milliseconds before it
+# answers 200. Not http.server's ThreadingHTTPServer: with 30 requests
+# arriving at once, accepting them one by one and starting a thread for each
+# queued them for 12-19 ms in trials (for ab too, with a bare socketserver),
+# which would drown the 2 ms the figure is about. asyncio took 6-8 ms for the
+# same burst (its timers round up to the next millisecond, so it adds up to
+# 1 ms of its own).
+start_delay_server() { # port
+    cat >"$WORK/delay_server.py" <<'EOF'
+import asyncio
+import sys
+from urllib.parse import parse_qs, urlsplit
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+
+
+async def handle(reader, writer):
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode()
+        delay_ms = float(parse_qs(urlsplit(path).query).get("ms", ["0"])[0])
+        await asyncio.sleep(delay_ms / 1000)
+        writer.write(RESPONSE)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass  # e.g. the readiness probe, which connects and leaves
+    finally:
+        writer.close()
+
+
+async def main(port):
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=256)
+    await server.serve_forever()
+
+
+asyncio.run(main(int(sys.argv[1])))
+EOF
+    python3 "$WORK/delay_server.py" "$1" &
+    DELAY_SERVER_PID=$!
+    wait_for_port "$1" "delay server"
+    log "delay server (pid $DELAY_SERVER_PID) on 127.0.0.1:$1"
+}
+
+write_targets() { # file count url-prefix [url-suffix]
+    awk -v n="$2" -v prefix="$3" -v suffix="${4:-}" \
+        'BEGIN { for (i = 0; i < n; i++) print prefix i suffix }' >"$1"
+}
+
+# ------------------------------------------------------------ measurements
+
+psql_q() { psql "$POSTGRESQL_DSN" -X -q -A -t -F ' ' -v ON_ERROR_STOP=1 -c "$1"; }
+
+# A row of figures, or question marks when the query fails (e.g. sub failed
+# and the table is missing): one failed run must not cost the whole benchmark.
+figures() { # sql count
+    local out
+    if out=$(psql_q "$1" 2>/dev/null) && [[ -n $out ]]; then
+        echo "$out"
+    else
+        printf '? %.0s' $(seq "$2")
+        echo
+    fi
+}
+
+drop_tables() { # table
+    psql_q "SET client_min_messages = warning; DROP TABLE IF EXISTS $1, ${1}_rejected, ${1}_offsets, ${1}_migrations" >/dev/null
+}
+
+# Milliseconds since the epoch of an env_logger line's timestamp, e.g.
+# "[2025-01-01T10:00:00.123Z INFO  metrics_flow::...] text".
+log_ms() { # logfile text
+    local stamp
+    stamp=$(grep -m1 -F "$2" "$1" | sed -n 's/^\[\([^ ]*\) .*/\1/p')
+    if [[ -n $stamp ]]; then date -d "$stamp" +%s%3N; else echo ""; fi
+}
+
+# Warn about every warning or error pub or sub logged: a benchmark of a run
+# that went wrong must not pass unnoticed. One warning is expected and left
+# out: with --once every target is due at the start, so whenever the targets
+# outnumber the workers pub says the pool "cannot keep up"; that lag is
+# measured and shown in the tables instead.
+check_log() { # logfile what
+    local lines
+    lines=$(grep -E '^\[[^ ]+ (WARN|ERROR) ' "$1" | grep -v -F 'the checker pool cannot keep up' || true)
+    if [[ -n $lines ]]; then
+        warn "$2 logged $(wc -l <<<"$lines") warning/error line(s), first: $(head -n 1 <<<"$lines")"
+    fi
+}
+
+# CPU milliseconds (user + system) from GNU time's "%U %S" seconds.
+cpu_ms() { awk '{ printf "%.0f", ($1 + $2) * 1000 }' <<<"$1"; }
+
+# Run pub --once under GNU time; print
+# "wall_ms rss_kb cpu_ms setup_ms checks_ms flush_ms".
+# The wall time is the whole process, Kafka connection and final flush
+# included; the phases come from pub's own log timestamps (setup: start to
+# "checking", checks: to "flushing", flush: to "published").
+run_pub() { # targets-file concurrency topic
+    local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu
+    local checking flushing published start_ms
+    start=$(now_ns)
+    # Settings from the caller's environment that would change what is
+    # checked (extra targets, a pattern, a shard) are removed.
+    if ! /usr/bin/time -f '%M %U %S' -o "$out.time" \
+        env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG \
+        "$BIN" pub --once --targets-file "$file" --concurrency "$concurrency" \
+        --timeout 10 --topic "$topic" 2>"$out.pub.log"; then
+        warn "pub failed for $topic: $(tail -n 1 "$out.pub.log")"
+    fi
+    end=$(now_ns)
+    check_log "$out.pub.log" "pub ($topic)"
+    # On failure GNU time writes a line of its own first: the figures are last.
+    read -r rss cpu < <(tail -n 1 "$out.time")
+    cpu=$(cpu_ms "$cpu")
+    start_ms=$((start / 1000000))
+    checking=$(log_ms "$out.pub.log" "] checking ")
+    flushing=$(log_ms "$out.pub.log" "] flushing ")
+    published=$(log_ms "$out.pub.log" "] published ")
+    if [[ -n $checking && -n $flushing && -n $published ]]; then
+        echo "$(((end - start) / 1000000)) $rss $cpu $((checking - start_ms)) $((flushing - checking)) $((published - flushing))"
+    else
+        echo "$(((end - start) / 1000000)) $rss $cpu ? ? ?"
+    fi
+}
+
+# Store a topic into the table of the same name with sub --once.
+drain() { # topic
+    TABLES+=("$1")
+    if ! env -u RUST_LOG "$BIN" sub --once --topic "$1" --table "$1" --group "$1" \
+        2>"$WORK/$1.sub.log"; then
+        warn "sub failed for $1: $(tail -n 1 "$WORK/$1.sub.log")"
+    fi
+    check_log "$WORK/$1.sub.log" "sub ($1)"
+}
+
+# Rows stored and how many were ok; warn unless exactly `expected`, all ok.
+check_rows() { # table expected
+    local rows ok kinds
+    read -r rows ok < <(figures "SELECT count(*), count(*) FILTER (WHERE ok) FROM $1" 2)
+    if [[ $rows == "?" ]]; then
+        warn "$1: no results table (did sub fail?)"
+    elif ((rows != $2 || ok != $2)); then
+        kinds=$(psql_q "SELECT coalesce(string_agg(DISTINCT error_kind, ','), '-') FROM $1 WHERE NOT ok")
+        warn "$1: $rows row(s) stored, $ok ok, expected $2 ok (failure kinds: $kinds)"
+    fi
+}
+
+# ab's rate for the same request count and concurrency, without -k, on one
+# URL; print "requests_per_second cpu_ms".
+run_ab() { # url count concurrency
+    local out=$WORK/ab.out failed non2xx rate
+    if ! /usr/bin/time -f '%U %S' -o "$out.time" ab -q -n "$2" -c "$3" "$1" >"$out" 2>&1; then
+        warn "ab -n $2 -c $3 failed: $(tail -n 1 "$out")"
+        echo "? ?"
+        return
+    fi
+    failed=$(awk '/^Failed requests:/ { print $3 }' "$out")
+    non2xx=$(awk '/^Non-2xx responses:/ { print $3 }' "$out")
+    if [[ ${failed:-0} != 0 || -n $non2xx ]]; then
+        warn "ab -n $2 -c $3: $failed failed request(s), ${non2xx:-0} non-2xx"
+    fi
+    rate=$(awk '/^Requests per second:/ { printf "%.0f", $4 }' "$out")
+    echo "$rate $(cpu_ms "$(tail -n 1 "$out.time")")"
+}
+
+# ---------------------------------------------------------------- the runs
+
+# One untimed small run first, so the first figure does not carry the cold
+# start of the broker (first topic creation) and of the page cache.
+warm_up() { # nginx-port
+    local topic=bench_pub_${STAMP}_warmup
+    log "warm-up run (100 targets, not reported)"
+    write_targets "$WORK/warmup.txt" 100 "http://127.0.0.1:$1/warmup/"
+    run_pub "$WORK/warmup.txt" 8 "$topic" >/dev/null
+    drain "$topic"
+}
+
+# Median (p50) of a column, rounded to 0.01 ms: the SQL for one select item.
+p50() { echo "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY $1)::numeric, 2)"; }
+
+throughput() { # nginx-port
+    local port=$1 size concurrency topic wall rss cpu setup checks flush ab_rate
+    local ab_cpu rate ratio lag_p50 lag_p99 lag_max check_rate medians cpu_per
+    local rows=() phases=()
+    for size in $SIZES; do
+        write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
+        for concurrency in $CONCURRENCIES; do
+            topic=bench_pub_${STAMP}_${size}_${concurrency}
+            log "pub: $size targets, concurrency $concurrency"
+            read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
+            drain "$topic"
+            check_rows "$topic" "$size"
+            read -r lag_p50 lag_p99 lag_max < <(figures "
+                SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY schedule_lag_ms)::numeric, 1),
+                       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY schedule_lag_ms)::numeric, 1),
+                       round(max(schedule_lag_ms)::numeric, 1)
+                FROM $topic" 3)
+            # Inside one check: pub's own phase timings, stored by sub.
+            medians=$(figures "SELECT $(p50 latency_ms), $(p50 dns_ms), $(p50 connect_ms), $(p50 ttfb_ms) FROM $topic" 4)
+            log "ab: $size requests, concurrency $concurrency"
+            read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
+            rate=$(awk -v n="$size" -v ms="$wall" 'BEGIN { printf "%.0f", n * 1000 / ms }')
+            ratio=$(awk -v a="$rate" -v b="$ab_rate" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')
+            check_rate=$(awk -v n="$size" -v ms="$checks" 'BEGIN { if (ms + 0 > 0) printf "%.0f", n * 1000 / ms; else print "?" }')
+            # CPU per check / per request, in microseconds.
+            cpu_per=$(awk -v n="$size" -v a="$cpu" -v b="$ab_cpu" 'BEGIN { printf "%.0f %.0f", a * 1000 / n, b * 1000 / n }')
+            log "  pub $rate checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms"
+            rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %6.1f | %7s | %7s | %7s |' \
+                "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" \
+                "$(awk -v kb="$rss" 'BEGIN { print kb / 1024 }')" "$lag_p50" "$lag_p99" "$lag_max")")
+            # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
+            phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
+                "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians $cpu_per)")
+        done
+    done
+    echo
+    echo "Throughput: pub --once vs ab without keep-alive, same nginx, same count and"
+    echo "concurrency. ch/s = targets / wall time of the whole pub run. Lag in ms."
+    echo
+    echo "|   size | conc | pub ch/s | ab req/s | ratio | RSS MB | lag p50 | lag p99 | lag max |"
+    echo "|-------:|-----:|---------:|---------:|------:|-------:|--------:|--------:|--------:|"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "Where pub's wall time goes, from its log timestamps (setup: start to the first"
+    echo "check, i.e. Kafka connection and topic creation; checks; final flush), and the"
+    echo "median phases of one check from the stored rows, all in ms; then CPU time"
+    echo "(user + system) per check of the whole pub process and per request of ab, in us."
+    echo
+    echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU |"
+    echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|--------:|-------:|"
+    printf '%s\n' "${phases[@]}"
+}
+
+# Every stored check's latency_ms minus the injected delay: "count median p90 max".
+overshoot() { # table delay-ms
+    figures "SELECT count(*), $(p50 "latency_ms - $2"),
+                    round(percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_ms - $2)::numeric, 2),
+                    round(max(latency_ms - $2)::numeric, 2)
+             FROM $1 WHERE ok" 4
+}
+
+# Timing accuracy. Per delay D: DELAY_CHECKS checks all started at once (the
+# issue's case); ab with the same count and concurrency against the same
+# server, as the reference for what the server and the machine add under that
+# burst (ab reports whole milliseconds); and the same checks one at a time
+# (--concurrency 1), which leaves pub's own overhead.
+accuracy() { # delay-server-port
+    local port=$1 delay topic file burst serial ab_median rows=()
+    for delay in $DELAYS_MS; do
+        file=$WORK/delay-$delay.txt
+        write_targets "$file" "$DELAY_CHECKS" "http://127.0.0.1:$port/d/" "?ms=$delay"
+        log "accuracy: $DELAY_CHECKS checks of ${delay} ms, all at once"
+        topic=bench_pub_${STAMP}_d${delay}
+        run_pub "$file" "$DELAY_CHECKS" "$topic" >/dev/null
+        drain "$topic"
+        check_rows "$topic" "$DELAY_CHECKS"
+        burst=$(overshoot "$topic" "$delay")
+        log "accuracy: ab, $DELAY_CHECKS requests of ${delay} ms, all at once"
+        ab_median=$(ab -q -n "$DELAY_CHECKS" -c "$DELAY_CHECKS" "http://127.0.0.1:$port/d/0?ms=$delay" 2>&1 |
+            awk -v d="$delay" '/^Total:/ { print $5 - d }')
+        log "accuracy: $DELAY_CHECKS checks of ${delay} ms, one at a time"
+        topic=bench_pub_${STAMP}_d${delay}_serial
+        run_pub "$file" 1 "$topic" >/dev/null
+        drain "$topic"
+        check_rows "$topic" "$DELAY_CHECKS"
+        serial=$(overshoot "$topic" "$delay")
+        rows+=("$(awk -v d="$delay" -v ab="${ab_median:-?}" -v serial="$serial" '{
+            split(serial, s, " ")
+            printf "| %6s | %6s | %9s | %9s | %9s | %6s | %10s | %10s | %-3s |", \
+                d, $1, $2, $3, $4, ab, s[2], s[3], $2 == "?" ? "?" : ($2 >= -2 && $2 <= 2) ? "yes" : "no"
+        }' <<<"$burst")")
+    done
+    echo
+    echo "Timing accuracy: latency_ms minus the injected delay D, in ms. burst: $DELAY_CHECKS"
+    echo "checks at --concurrency $DELAY_CHECKS; ab: the same burst from ab (whole ms);"
+    echo "serial: the same checks at --concurrency 1. ok: burst p50 (median) within 2 ms."
+    echo
+    echo "|   D ms | checks | burst p50 | burst p90 | burst max | ab p50 | serial p50 | serial p90 | ok  |"
+    echo "|-------:|-------:|----------:|----------:|----------:|-------:|-----------:|-----------:|:----|"
+    printf '%s\n' "${rows[@]}"
+}
+
+main() {
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    WORK=$(mktemp -d /tmp/bench-pub.XXXXXX)
+    install_missing
+    build
+    start_stack
+    local nginx_port delay_port
+    nginx_port=$(free_port)
+    start_nginx "$nginx_port"
+    local started
+    started=$(now_ns)
+    echo "metrics-flow pub benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), sizes: $SIZES, concurrencies: $CONCURRENCIES"
+    warm_up "$nginx_port"
+    throughput "$nginx_port"
+    # nginx is done: stop it before the accuracy runs so it takes no CPU.
+    stop_nginx
+    delay_port=$(free_port)
+    start_delay_server "$delay_port"
+    accuracy "$delay_port"
+    echo
+    # The load average again: this machine is shared, and a busy neighbour
+    # shows up in every figure above.
+    echo "total benchmark time: $((($(now_ns) - started) / 1000000000)) s, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+main "$@"
