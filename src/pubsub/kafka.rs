@@ -156,14 +156,15 @@ pub trait KeepsLastError: ClientContext {
     fn last_error(&self) -> &LastError;
 }
 
-/// Waits until the brokers answer a metadata request, or the connect deadline passes.
-/// `serve_events` polls the client so librdkafka's error callbacks run in between.
+/// Waits until the brokers answer a metadata request, or the connect deadline passes,
+/// and returns the names of the topics they know. `serve_events` polls the client so
+/// librdkafka's error callbacks run in between.
 pub fn wait_for_brokers<C: KeepsLastError>(
     client: &Client<C>,
     serve_events: impl Fn(),
     args: &KafkaArgs,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let what = format!("Kafka at {}", args.broker);
     // Several attempts fit in any deadline, so the user sees each one logged.
     let attempt_limit =
@@ -171,7 +172,10 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     retry_until(&what, args.connect_deadline, shutdown, || {
         client
             .fetch_metadata(None, attempt_limit)
-            .map(drop)
+            .map(|metadata| {
+                let topics = metadata.topics().iter();
+                topics.map(|t| t.name().to_owned()).collect()
+            })
             .map_err(|error| {
                 serve_events();
                 let reason = client.context().last_error().take();
@@ -183,7 +187,15 @@ pub fn wait_for_brokers<C: KeepsLastError>(
 /// Creates the topic when it is missing, with the requested layout (-1: the broker's
 /// default). A broker that refuses (no permission, creation disabled) gets a warning,
 /// not an exit: it may still create the topic on first write, or an operator will.
-pub fn ensure_topic(args: &KafkaArgs, partitions: i32, replication: i32) -> anyhow::Result<()> {
+pub fn ensure_topic(
+    args: &KafkaArgs,
+    known_topics: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
+    if known_topics.contains(&args.topic) {
+        return Ok(());
+    }
     let mut config = client_config(args)?;
     // Looking the topic up must not auto-create it with the broker's defaults.
     config.set("allow.auto.create.topics", "false");

@@ -154,6 +154,11 @@ fn build_agent(key: &AgentKey, follow_redirects: bool) -> Result<Agent, String> 
         // whether a pooled socket happened to be free.
         .max_idle_connections(0)
         .max_idle_connections_per_host(0)
+        // Buffers are allocated and zeroed for every connection; ureq's 128 KiB
+        // defaults cost more CPU than the rest of a loopback check.
+        .max_response_header_size(32 * 1024)
+        .input_buffer_size(32 * 1024)
+        .output_buffer_size(16 * 1024)
         .user_agent(concat!("metrics-flow/", env!("CARGO_PKG_VERSION")))
         .build();
     let tls = OpensslConnector::new(key.tls_verify, key.ca_file.as_deref())?;

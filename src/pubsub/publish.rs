@@ -26,6 +26,9 @@ use crate::shutdown::Shutdown;
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 /// A check that starts later than this after its due time counts as late.
 const LATE_AFTER: Duration = Duration::from_secs(1);
+/// The longest the loop blocks waiting for a result, so stop requests and producer
+/// events are served promptly.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How often a long run logs what it has done.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -49,7 +52,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         return Err(UsageError::new(why).into());
     }
     let producer = build_producer(&args)?;
-    kafka::wait_for_brokers(
+    let known_topics = kafka::wait_for_brokers(
         producer.client(),
         || producer.poll(Duration::ZERO),
         &args.kafka,
@@ -57,6 +60,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     )?;
     kafka::ensure_topic(
         &args.kafka,
+        &known_topics,
         args.partitions.unwrap_or(-1),
         args.replication_factor.unwrap_or(-1),
     )?;
@@ -124,12 +128,12 @@ fn run_rounds(
                 return;
             }
         }
-        let wait = schedule
-            .next_due()
-            .map_or(Duration::from_millis(100), |due| {
-                due.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(100));
+        // With the pool full, only a result can change anything: wait for one rather
+        // than spin on targets that are due but cannot start.
+        let next_due = schedule.next_due().filter(|_| in_flight < pool.size);
+        let wait = next_due
+            .map_or(IDLE_WAIT, |due| due.saturating_duration_since(now))
+            .min(IDLE_WAIT);
         match pool.results.recv_timeout(wait) {
             Ok((index, result)) => {
                 in_flight -= 1;
@@ -158,9 +162,9 @@ fn finish(
     once: bool,
 ) -> anyhow::Result<()> {
     log::info!("flushing {} queued result(s)", producer.in_flight_count());
-    if let Err(error) = producer.flush(FLUSH_LIMIT) {
+    if !flush(producer) {
         log::error!(
-            "gave up flushing after {FLUSH_LIMIT:?}: {} result(s) not delivered ({error})",
+            "gave up flushing after {FLUSH_LIMIT:?}: {} result(s) not delivered",
             producer.in_flight_count()
         );
     }
@@ -179,6 +183,19 @@ fn finish(
         anyhow::bail!("{undelivered} result(s) were not delivered to Kafka");
     }
     Ok(())
+}
+
+/// Waits for every queued result to be delivered, up to FLUSH_LIMIT. Polls in short
+/// steps: rdkafka's own flush sleeps in 100 ms steps, which a short run would feel.
+fn flush(producer: &BaseProducer<DeliveryCounter>) -> bool {
+    let deadline = Instant::now() + FLUSH_LIMIT;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        producer.poll(Duration::from_millis(5));
+    }
+    true
 }
 
 fn build_producer(args: &PubArgs) -> anyhow::Result<BaseProducer<DeliveryCounter>> {

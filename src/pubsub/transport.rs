@@ -69,6 +69,20 @@ impl Resolver for TimedResolver {
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, Error> {
         let started = Instant::now();
+        // ureq runs every lookup with a timeout on a thread of its own. An IP address
+        // needs no lookup, so it is resolved in place, sparing a thread per check.
+        let is_ip = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok());
+        let timeout = if is_ip {
+            NextTimeout {
+                after: ureq::unversioned::transport::time::Duration::NotHappening,
+                ..timeout
+            }
+        } else {
+            timeout
+        };
         let result = self.0.resolve(uri, config, timeout);
         add(|p| &mut p.dns, started.elapsed());
         // std reports lookup failures as plain I/O errors; name them for what they are.
