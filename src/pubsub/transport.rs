@@ -8,7 +8,8 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -114,8 +115,11 @@ impl<In: Transport> Connector<In> for TimedTcp {
 
 /// TLS through OpenSSL, configured per target: verification on or off, an extra CA.
 pub struct OpensslConnector {
-    connector: SslConnector,
+    /// Built on first use: loading the system CA bundle takes tens of milliseconds,
+    /// which a plain-http target should not pay.
+    connector: OnceLock<Result<SslConnector, String>>,
     verify: bool,
+    extra_ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for OpensslConnector {
@@ -127,21 +131,25 @@ impl fmt::Debug for OpensslConnector {
 }
 
 impl OpensslConnector {
+    /// A connector with an extra CA is built at once, so a bad CA file is reported at
+    /// start-up rather than at the first check.
     pub fn new(verify: bool, extra_ca: Option<&Path>) -> Result<OpensslConnector, String> {
-        let mut builder = SslConnector::builder(SslMethod::tls_client())
-            .map_err(|e| format!("TLS setup failed: {e}"))?;
-        if let Some(ca) = extra_ca {
-            builder
-                .set_ca_file(ca)
-                .map_err(|e| format!("ca_file '{}' is not a PEM CA: {e}", ca.display()))?;
-        }
-        if !verify {
-            builder.set_verify(SslVerifyMode::NONE);
-        }
-        Ok(OpensslConnector {
-            connector: builder.build(),
+        let connector = OpensslConnector {
+            connector: OnceLock::new(),
             verify,
-        })
+            extra_ca: extra_ca.map(Path::to_path_buf),
+        };
+        if extra_ca.is_some() {
+            connector.connector()?;
+        }
+        Ok(connector)
+    }
+
+    fn connector(&self) -> Result<&SslConnector, String> {
+        self.connector
+            .get_or_init(|| build_connector(self.verify, self.extra_ca.as_deref()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn handshake(
@@ -157,12 +165,30 @@ impl OpensslConnector {
             .trim_end_matches(']');
         let mut socket = TransportAdapter::new(transport, details.current_time.clone());
         socket.set_timeout(details.timeout);
-        let mut config = self.connector.configure().map_err(tls_setup_error)?;
+        let connector = self.connector().map_err(|reason| {
+            record_tls_failure(reason);
+            Error::Tls("TLS setup failed")
+        })?;
+        let mut config = connector.configure().map_err(tls_setup_error)?;
         config.set_verify_hostname(self.verify);
         // SNI must not carry an IP address.
         config.set_use_server_name_indication(host.parse::<std::net::IpAddr>().is_err());
         config.connect(host, socket).map_err(handshake_error)
     }
+}
+
+fn build_connector(verify: bool, extra_ca: Option<&Path>) -> Result<SslConnector, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    if let Some(ca) = extra_ca {
+        builder
+            .set_ca_file(ca)
+            .map_err(|e| format!("ca_file '{}' is not a PEM CA: {e}", ca.display()))?;
+    }
+    if !verify {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    Ok(builder.build())
 }
 
 fn tls_setup_error(error: openssl::error::ErrorStack) -> Error {
