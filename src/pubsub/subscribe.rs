@@ -246,6 +246,9 @@ fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        // librdkafka prefetches up to 64 MiB by default; a quarter of that keeps
+        // several batches in hand and the process small.
+        .set("queued.max.messages.kbytes", "16384")
         // A topic that does not exist yet is noticed at the next metadata refresh.
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Eager protocols only: the rebalance hook assigns whole sets at once.
