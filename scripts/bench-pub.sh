@@ -12,7 +12,7 @@
 # Environment (all optional):
 #   BENCH_SIZES            "1000 10000"    target counts
 #   BENCH_CONCURRENCIES    "8 32 128"      pub --concurrency and ab -c
-#   BENCH_DELAYS_MS        "10 100 1000"   injected delays for the accuracy part
+#   BENCH_DELAYS_MS        "10 100 1000 2000"   injected delays for the accuracy part
 #   BENCH_DELAY_CHECKS     30              checks (distinct URLs) per delay
 #   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables
 #   CARGO_TARGET_DIR                       where the release binary is built
@@ -26,7 +26,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZES=${BENCH_SIZES:-"1000 10000"}
 CONCURRENCIES=${BENCH_CONCURRENCIES:-"8 32 128"}
-DELAYS_MS=${BENCH_DELAYS_MS:-"10 100 1000"}
+DELAYS_MS=${BENCH_DELAYS_MS:-"10 100 1000 2000"}
 DELAY_CHECKS=${BENCH_DELAY_CHECKS:-30}
 KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
@@ -88,8 +88,8 @@ install_missing() {
 }
 
 build() {
-    log "building the release binary (cargo build --release --locked)"
-    (cd "$REPO" && cargo build --release --locked >&2)
+    log "building the release binary and the delay server (cargo build --release --locked)"
+    (cd "$REPO" && cargo build --release --locked --bin metrics-flow --example delay_server >&2)
     [[ -x $BIN ]] || die "no binary at $BIN"
 }
 
@@ -165,44 +165,13 @@ stop_nginx() {
     NGINX_PID=""
 }
 
-# The delaying server: Python's asyncio, sleeping ?ms=D milliseconds before it
-# answers 200. Not http.server's ThreadingHTTPServer: with 30 requests
-# arriving at once, accepting them one by one and starting a thread for each
-# queued them for 12-19 ms in trials (for ab too, with a bare socketserver),
-# which would drown the 2 ms the figure is about. asyncio took 6-8 ms for the
-# same burst (its timers round up to the next millisecond, so it adds up to
-# 1 ms of its own).
+# The delaying server: examples/delay_server.rs, a thread per connection that
+# sleeps exactly ?ms=D milliseconds before answering 200. Python servers tried
+# first added 1-19 ms of their own (asyncio rounds timers up to the next
+# millisecond; thread-per-connection Python queues a burst behind the GIL),
+# which would drown the 2 ms the figure is about.
 start_delay_server() { # port
-    cat >"$WORK/delay_server.py" <<'EOF'
-import asyncio
-import sys
-from urllib.parse import parse_qs, urlsplit
-
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-
-
-async def handle(reader, writer):
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        path = head.split(b" ", 2)[1].decode()
-        delay_ms = float(parse_qs(urlsplit(path).query).get("ms", ["0"])[0])
-        await asyncio.sleep(delay_ms / 1000)
-        writer.write(RESPONSE)
-        await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass  # e.g. the readiness probe, which connects and leaves
-    finally:
-        writer.close()
-
-
-async def main(port):
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=256)
-    await server.serve_forever()
-
-
-asyncio.run(main(int(sys.argv[1])))
-EOF
-    python3 "$WORK/delay_server.py" "$1" &
+    "${CARGO_TARGET_DIR:-$REPO/target}/release/examples/delay_server" "$1" &
     DELAY_SERVER_PID=$!
     wait_for_port "$1" "delay server"
     log "delay server (pid $DELAY_SERVER_PID) on 127.0.0.1:$1"
