@@ -197,12 +197,12 @@ fn sigkill_during_ingest_neither_loses_nor_duplicates() {
     assert_exactly(&stack, &table, &topic, N);
 }
 
-#[test]
-fn a_broker_restart_mid_ingest_loses_and_duplicates_nothing() {
-    let _serial = serial();
+/// Ingests 20,000 messages with `service` restarted once rows start to arrive, then
+/// 10,000 more; returns sub's log after checking the end state.
+fn restart_mid_ingest(service: &'static str, name: &str) -> String {
     let stack = Stack::from_env();
-    let topic = unique("eo_broker");
-    let table = unique("eo_broker");
+    let topic = unique(name);
+    let table = unique(name);
     const BEFORE: usize = 20_000;
     const AFTER: usize = 10_000;
     produce_checks(&stack, &topic, BEFORE);
@@ -211,35 +211,9 @@ fn a_broker_restart_mid_ingest_loses_and_duplicates_nothing() {
     let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
     wait_rows(&mut counter, 1, &mut subscriber);
     let before_restart = counter.rows();
-    stop_service("kafka").start();
+    stop_service(service).start();
     eprintln!(
-        "rows when Kafka was stopped: {before_restart}; once it was back: {}; of {BEFORE} then",
-        counter.rows()
-    );
-    produce_checks(&stack, &topic, AFTER);
-
-    wait_rows(&mut counter, (BEFORE + AFTER) as i64, &mut subscriber);
-    stop(&mut subscriber, "sub");
-    assert_exactly(&stack, &table, &topic, BEFORE + AFTER);
-}
-
-#[test]
-fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
-    let _serial = serial();
-    let stack = Stack::from_env();
-    let topic = unique("eo_pg");
-    let table = unique("eo_pg");
-    const BEFORE: usize = 20_000;
-    const AFTER: usize = 10_000;
-    produce_checks(&stack, &topic, BEFORE);
-
-    let mut counter = RowCounter::new(&stack, &table);
-    let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
-    wait_rows(&mut counter, 1, &mut subscriber);
-    let before_restart = counter.rows();
-    stop_service("pg").start();
-    eprintln!(
-        "rows when PostgreSQL was stopped: {before_restart}; once it was back: {}; of {BEFORE} then",
+        "rows when {service} was stopped: {before_restart}; once it was back: {}; of {BEFORE} then",
         counter.rows()
     );
     produce_checks(&stack, &topic, AFTER);
@@ -247,6 +221,19 @@ fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
     wait_rows(&mut counter, (BEFORE + AFTER) as i64, &mut subscriber);
     let log = stop(&mut subscriber, "sub");
     assert_exactly(&stack, &table, &topic, BEFORE + AFTER);
+    log
+}
+
+#[test]
+fn a_broker_restart_mid_ingest_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    restart_mid_ingest("kafka", "eo_broker");
+}
+
+#[test]
+fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    let log = restart_mid_ingest("pg", "eo_pg");
     assert!(
         log.contains("reconnected"),
         "sub should have lost and regained PostgreSQL; log:\n{log}"
