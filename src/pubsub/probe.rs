@@ -68,7 +68,7 @@ impl Prober {
             let agent = match built.get(&key) {
                 Some(agent) => agent.clone(),
                 None => {
-                    let agent = build_agent(&key, target.follow_redirects)
+                    let agent = build_agent(&key)
                         .map_err(|e| UsageError::new(format!("{}: {e}", target.url)))?;
                     built.insert(key, agent.clone());
                     agent
@@ -142,12 +142,14 @@ impl Prober {
     }
 }
 
-fn build_agent(key: &AgentKey, follow_redirects: bool) -> Result<Agent, String> {
+fn build_agent(key: &AgentKey) -> Result<Agent, String> {
     let config = Agent::config_builder()
         .timeout_global(Some(key.timeout))
         .http_status_as_error(false)
         .max_redirects(key.max_redirects)
-        .max_redirects_will_error(follow_redirects)
+        // Only counts while following: with a limit of 0 (follow_redirects = false)
+        // ureq returns the redirect itself.
+        .max_redirects_will_error(true)
         .save_redirect_history(true)
         .allow_non_standard_methods(true)
         // Each check must pay for its own connection, or latency would depend on
