@@ -127,8 +127,14 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
 pub struct LastError(Mutex<Option<String>>);
 
 impl LastError {
-    pub fn record(&self, error: &KafkaError, reason: &str) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{error}: {reason}"));
+    /// librdkafka's error callback: logged, and kept.
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        log::error!("Kafka: {error}: {reason}");
+        self.keep(format!("{error}: {reason}"));
+    }
+
+    fn keep(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
 
     /// Passes librdkafka's log line on to the `log` crate; error-level lines (a failed
@@ -138,7 +144,7 @@ impl LastError {
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
                 log::error!(target: "librdkafka", "{facility}: {message}");
-                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_owned());
+                self.keep(message.to_owned());
             }
             L::Warning => log::warn!(target: "librdkafka", "{facility}: {message}"),
             L::Notice | L::Info => log::info!(target: "librdkafka", "{facility}: {message}"),
@@ -184,9 +190,10 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     })
 }
 
-/// Creates the topic when it is missing, with the requested layout (-1: the broker's
-/// default). A broker that refuses (no permission, creation disabled) gets a warning,
-/// not an exit: it may still create the topic on first write, or an operator will.
+/// Creates the topic when `known_topics` (from [`wait_for_brokers`]) lacks it, with the
+/// requested layout (-1: the broker's default). A broker that refuses (no permission,
+/// creation disabled) gets a warning, not an exit: it may still create the topic on
+/// first write, or an operator will.
 pub fn ensure_topic(
     args: &KafkaArgs,
     known_topics: &[String],
@@ -196,22 +203,11 @@ pub fn ensure_topic(
     if known_topics.contains(&args.topic) {
         return Ok(());
     }
-    let mut config = client_config(args)?;
-    // Looking the topic up must not auto-create it with the broker's defaults.
-    config.set("allow.auto.create.topics", "false");
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating the Kafka admin client")?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
-        .context("looking up the topic")?;
-    let exists = metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == args.topic && t.error().is_none() && !t.partitions().is_empty());
-    if exists {
-        return Ok(());
-    }
+    // A topic created by someone else since `known_topics` was read shows up below as
+    // TopicAlreadyExists, so it needs no second lookup here.
+    let admin: AdminClient<DefaultClientContext> = client_config(args)?
+        .create()
+        .context("creating the Kafka admin client")?;
     let topic = NewTopic::new(
         &args.topic,
         partitions,

@@ -134,19 +134,16 @@ fn run_rounds(
         let wait = next_due
             .map_or(IDLE_WAIT, |due| due.saturating_duration_since(now))
             .min(IDLE_WAIT);
-        match pool.results.recv_timeout(wait) {
-            Ok((index, result)) => {
-                in_flight -= 1;
-                schedule.completed(index);
-                publisher.publish(&result);
-                for (index, result) in pool.results.try_iter() {
-                    in_flight -= 1;
-                    schedule.completed(index);
-                    publisher.publish(&result);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+        let first = match pool.results.recv_timeout(wait) {
+            Ok(first) => Some(first),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // Whatever else has finished meanwhile is taken in the same pass.
+        for (index, result) in first.into_iter().chain(pool.results.try_iter()) {
+            in_flight -= 1;
+            schedule.completed(index);
+            publisher.publish(&result);
         }
         publisher.producer.poll(Duration::ZERO);
         lag.maybe_warn();
@@ -227,8 +224,7 @@ impl ClientContext for DeliveryCounter {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log::error!("Kafka: {error}: {reason}");
-        self.last_error.record(&error, reason);
+        self.last_error.error(&error, reason);
     }
 }
 

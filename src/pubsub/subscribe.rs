@@ -298,8 +298,7 @@ impl ClientContext for SinkContext {
         ) {
             log::debug!("{reason}");
         } else {
-            log::error!("Kafka: {error}: {reason}");
-            self.last_error.record(&error, reason);
+            self.last_error.error(&error, reason);
         }
     }
 }
