@@ -116,8 +116,7 @@ fn check_tls_files(args: &KafkaArgs) -> Result<(), UsageError> {
 }
 
 fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
-    std::fs::read(path)
-        .map_err(|e| UsageError::new(format!("{flag}: cannot read '{}': {e}", path.display())))
+    std::fs::read(path).map_err(|e| UsageError::unreadable(flag, path, &e))
 }
 
 /// The latest error librdkafka reported through a client's context. A failed metadata

@@ -163,12 +163,10 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn readable(param: &str, path: &std::path::Path) -> Result<(), UsageError> {
-    std::fs::File::open(path).map(drop).map_err(|e| {
-        UsageError::new(format!(
-            "--dsn (POSTGRESQL_DSN) {param}: cannot read '{}': {e}",
-            path.display()
-        ))
-    })
+    let setting = format!("--dsn (POSTGRESQL_DSN) {param}");
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| UsageError::unreadable(&setting, path, &e))
 }
 
 impl TlsParams {

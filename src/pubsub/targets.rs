@@ -11,7 +11,7 @@ use toml::Spanned;
 use url::Url;
 
 use crate::cli::parse_regex;
-use crate::error::UsageError;
+use crate::error::{one_line, UsageError};
 
 /// One URL to check and every rule that applies to it, defaults already filled in.
 #[derive(Debug, Clone)]
@@ -133,13 +133,8 @@ pub fn load(
 /// Every target in a targets file: structured when its name ends in `.toml`, plain
 /// otherwise. No targets is not an error here; the caller decides.
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let message = format!(
-            "--targets-file (TARGETS_FILE): cannot read '{}': {e}",
-            path.display()
-        );
-        UsageError::new(one_line(&message))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError::unreadable("--targets-file (TARGETS_FILE)", path, &e))?;
     // Editors on Windows may start the file with a byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let structured = path
@@ -172,18 +167,6 @@ impl Problem {
             text: text.into(),
         }
     }
-}
-
-/// A user's error must reach the terminal as one line, but a TOML string quoted in it can
-/// hold line breaks; escaping them keeps the line and still shows what was written.
-fn one_line(text: &str) -> String {
-    text.trim()
-        .chars()
-        .map(|c| match c {
-            c if c.is_control() => c.escape_debug().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
