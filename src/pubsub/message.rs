@@ -165,9 +165,11 @@ mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|e| serde::de::Error::custom(format!("checked_at '{text}': {e}")))
+        parse(&text).map_err(|e| serde::de::Error::custom(format!("checked_at '{text}': {e}")))
+    }
+
+    pub fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+        DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&Utc))
     }
 }
 
@@ -185,8 +187,8 @@ mod optional_rfc3339 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(text) => DateTime::parse_from_rfc3339(&text)
-                .map(|at| Some(at.with_timezone(&Utc)))
+            Some(text) => super::rfc3339::parse(&text)
+                .map(Some)
                 .map_err(|e| serde::de::Error::custom(format!("'{text}': {e}"))),
         }
     }
