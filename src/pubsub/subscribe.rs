@@ -2,7 +2,7 @@
 //! on every assignment, and are fenced on every commit, so each message lands once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -67,11 +67,7 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             Err(error) => break Err(error),
         }
     };
-    let totals = sink
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .totals
-        .clone();
+    let totals = lock(&sink).totals.clone();
     log::info!(
         "stored {} row(s) and {} rejected payload(s)",
         totals.rows,
@@ -276,9 +272,14 @@ impl kafka::KeepsLastError for SinkContext {
 }
 
 impl SinkContext {
-    fn sink(&self) -> std::sync::MutexGuard<'_, Sink> {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    fn sink(&self) -> MutexGuard<'_, Sink> {
+        lock(&self.sink)
     }
+}
+
+/// The sink, even after a panic elsewhere: its state is only ever changed whole.
+fn lock(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
+    sink.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClientContext for SinkContext {
