@@ -277,7 +277,8 @@ impl SinkContext {
     }
 }
 
-/// The sink, even after a panic elsewhere: its state is only ever changed whole.
+/// A poisoned lock is taken anyway: only the polling thread uses the sink, so a panic
+/// there ends the run regardless.
 fn lock(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
     sink.lock().unwrap_or_else(|e| e.into_inner())
 }
