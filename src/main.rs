@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("metrics-flow: {}", one_line(&error));
+            eprintln!("metrics-flow: {}", error_line(&error));
             if error.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -63,6 +63,6 @@ fn usage_failure(error: &clap::Error) -> ExitCode {
 }
 
 /// The error chain joined on one line, the way a user reads it.
-fn one_line(error: &anyhow::Error) -> String {
+fn error_line(error: &anyhow::Error) -> String {
     format!("{error:#}").replace('\n', " ")
 }

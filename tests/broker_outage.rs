@@ -10,10 +10,16 @@ use std::time::Duration;
 
 use common::*;
 
-fn stack_script_or_fail(action: &str, component: &str) {
-    if let Err(error) = stack_script(&[action, component]) {
-        panic!("scripts/stack.sh {action} {component} failed: {error}");
-    }
+/// Stops Kafka until pub has made 10 more checks (or 30 s pass), then starts it again.
+/// Returns whether pub kept checking meanwhile.
+fn outage_of_ten_checks(server: &TestServer) -> bool {
+    let outage = stop_service("kafka");
+    let during = server.request_count();
+    let kept_checking = wait_until(Duration::from_secs(30), || {
+        server.request_count() >= during + 10
+    });
+    outage.start();
+    kept_checking
 }
 
 /// The two tests here stop the same broker; one outage at a time.
@@ -36,12 +42,7 @@ fn results_survive_a_broker_outage() {
         .request_count()
         >= 5));
 
-    stack_script_or_fail("stop", "kafka");
-    let during = server.request_count();
-    let kept_checking = wait_until(Duration::from_secs(30), || {
-        server.request_count() >= during + 10
-    });
-    stack_script_or_fail("start", "kafka");
+    let kept_checking = outage_of_ten_checks(&server);
     assert!(kept_checking, "pub stopped checking while Kafka was down");
 
     let after = server.request_count();
@@ -89,12 +90,7 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
     assert!(wait_until(Duration::from_secs(30), || server
         .request_count()
         >= 3));
-    stack_script_or_fail("stop", "kafka");
-    let during = server.request_count();
-    let kept_checking = wait_until(Duration::from_secs(30), || {
-        server.request_count() >= during + 10
-    });
-    stack_script_or_fail("start", "kafka");
+    let kept_checking = outage_of_ten_checks(&server);
     signal(&publisher, "INT");
     let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
     assert!(kept_checking, "pub stopped checking while Kafka was down");

@@ -640,3 +640,43 @@ pub fn stack_script(args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// A stopped service of the stack. `start` brings it back and fails the test if the
+/// script does; if the test fails first, dropping the guard still starts it, so later
+/// tests find the stack whole.
+pub struct Stopped {
+    service: &'static str,
+    running: bool,
+}
+
+pub fn stop_service(service: &'static str) -> Stopped {
+    if let Err(error) = stack_script(&["stop", service]) {
+        panic!("could not stop {service} with scripts/stack.sh: {error}");
+    }
+    Stopped {
+        service,
+        running: false,
+    }
+}
+
+impl Stopped {
+    pub fn start(mut self) {
+        self.running = true;
+        if let Err(error) = stack_script(&["start", self.service]) {
+            panic!(
+                "could not start {} again with scripts/stack.sh: {error}",
+                self.service
+            );
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.running {
+            if let Err(error) = stack_script(&["start", self.service]) {
+                eprintln!("could not start {} again: {error}", self.service);
+            }
+        }
+    }
+}
