@@ -5,6 +5,7 @@ pub mod message;
 pub mod pgconn;
 pub mod probe;
 pub mod publish;
+pub mod schedule;
 pub mod store;
 pub mod subscribe;
 pub mod targets;

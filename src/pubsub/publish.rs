@@ -1,10 +1,7 @@
 //! `pub`: per-target schedules, a bounded pool of blocking checkers, and the Kafka producer.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,6 +14,7 @@ use rdkafka::ClientContext;
 use super::kafka;
 use super::message::CheckResult;
 use super::probe::Prober;
+use super::schedule::Dispatcher;
 use super::targets::{self, Target};
 use crate::cli::PubArgs;
 use crate::error::UsageError;
@@ -24,13 +22,13 @@ use crate::shutdown::Shutdown;
 
 /// How long to wait for outstanding deliveries before giving up at exit.
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
-/// A check that starts later than this after its due time counts as late.
-const LATE_AFTER: Duration = Duration::from_secs(1);
-/// The longest the loop blocks waiting for a result, so stop requests and producer
-/// events are served promptly.
+/// The longest the main loop sleeps, so stop requests, producer events, lag warnings
+/// and progress lines are served promptly.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How often a long run logs what it has done.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+/// How long checks in flight at a stop request may take beyond their timeout.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let defaults = targets::Defaults {
@@ -51,7 +49,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         };
         return Err(UsageError::new(why).into());
     }
-    let producer = build_producer(&args)?;
+    let producer = Arc::new(build_producer(&args)?);
     let known_topics = kafka::wait_for_brokers(
         producer.client(),
         || producer.poll(Duration::ZERO),
@@ -65,91 +63,72 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         args.replication_factor.unwrap_or(-1),
     )?;
     let prober = Prober::new(&targets, args.max_body_bytes)?;
-    let targets = Arc::new(targets);
-    let pool = CheckerPool::start(usize::from(args.concurrency), prober, Arc::clone(&targets));
-    let mut publisher = Publisher {
-        producer: &producer,
-        topic: &args.kafka.topic,
-        dropped: 0,
-        progress: Progress::new(),
-    };
     let intervals: Vec<Duration> = targets.iter().map(|t| t.interval).collect();
-    let mut schedule = Schedule::new(&intervals, args.once);
+    let dispatcher = Arc::new(Dispatcher::new(&intervals, args.once));
+    let publisher = Arc::new(Publisher {
+        producer: Arc::clone(&producer),
+        topic: args.kafka.topic.clone(),
+        dropped: AtomicU64::new(0),
+        progress: Progress::default(),
+    });
     log::info!(
         "checking {} target(s) every {:?} with up to {} at once",
         targets.len(),
         args.delay,
         args.concurrency
     );
-    run_rounds(
-        &mut schedule,
-        &pool,
-        &mut publisher,
-        &shutdown,
-        args.timeout,
+    let pool = CheckerPool::start(
+        usize::from(args.concurrency),
+        Checker {
+            prober,
+            targets: Arc::new(targets),
+            dispatcher: Arc::clone(&dispatcher),
+            publisher: Arc::clone(&publisher),
+        },
     );
-    drop(pool);
-    finish(&producer, publisher.dropped, args.once)
+    wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
+    finish(
+        &producer,
+        publisher.dropped.load(Ordering::Relaxed),
+        args.once,
+    )
 }
 
-/// Dispatches due checks while the pool has room and publishes results as they come.
-fn run_rounds(
-    schedule: &mut Schedule,
+/// Serves producer events and the periodic log lines while the checkers work; returns
+/// once they have all stopped, or when checks still running at a stop request have
+/// outlived their timeout (they are then abandoned, unpublished).
+fn wait_for_checkers(
     pool: &CheckerPool,
-    publisher: &mut Publisher,
+    dispatcher: &Dispatcher,
+    publisher: &Publisher,
     shutdown: &Shutdown,
     check_timeout: Duration,
 ) {
-    let mut in_flight = 0usize;
-    let mut lag = LagReport::default();
     let mut stop_deadline: Option<Instant> = None;
+    let mut since_report = Instant::now();
     loop {
-        let now = Instant::now();
-        if shutdown.requested() {
-            let deadline =
-                *stop_deadline.get_or_insert(now + check_timeout + Duration::from_secs(5));
-            if in_flight == 0 || now >= deadline {
-                if in_flight > 0 {
-                    log::warn!("{in_flight} check(s) still running at exit; not published");
-                }
-                return;
-            }
-        } else {
-            while in_flight < pool.size {
-                let Some((index, due)) = schedule.pop_due(now) else {
-                    break;
-                };
-                let late = now.saturating_duration_since(due);
-                lag.record(late);
-                pool.dispatch(index, late);
-                in_flight += 1;
-            }
-            if schedule.is_finished() && in_flight == 0 {
-                return;
-            }
-        }
-        // With the pool full, only a result can change anything: wait for one rather
-        // than spin on targets that are due but cannot start.
-        let next_due = schedule.next_due().filter(|_| in_flight < pool.size);
-        let wait = next_due
-            .map_or(IDLE_WAIT, |due| due.saturating_duration_since(now))
-            .min(IDLE_WAIT);
-        let first = match pool.results.recv_timeout(wait) {
-            Ok(first) => Some(first),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        // Whatever else has finished meanwhile is taken in the same pass.
-        for (index, result) in first.into_iter().chain(pool.results.try_iter()) {
-            in_flight -= 1;
-            schedule.completed(index);
-            publisher.publish(&result);
-        }
         publisher.producer.poll(Duration::ZERO);
-        lag.maybe_warn();
-        publisher
-            .progress
-            .maybe_report(publisher.producer.in_flight_count());
+        if pool.wait_until_stopped(IDLE_WAIT) {
+            return;
+        }
+        if shutdown.requested() && stop_deadline.is_none() {
+            dispatcher.stop();
+            stop_deadline = Some(Instant::now() + check_timeout + STOP_MARGIN);
+        }
+        if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            log::warn!(
+                "{} check(s) still running at exit; not published",
+                pool.running()
+            );
+            return;
+        }
+        dispatcher.warn_if_lagging();
+        if since_report.elapsed() >= PROGRESS_EVERY {
+            publisher
+                .progress
+                .report(since_report.elapsed(), publisher.producer.in_flight_count());
+            since_report = Instant::now();
+        }
     }
 }
 
@@ -250,51 +229,43 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-struct Publisher<'a> {
-    producer: &'a BaseProducer<DeliveryCounter>,
-    topic: &'a str,
-    dropped: u64,
+/// Queues results for Kafka; shared by the checker threads.
+struct Publisher {
+    producer: Arc<BaseProducer<DeliveryCounter>>,
+    topic: String,
+    dropped: AtomicU64,
     progress: Progress,
 }
 
 /// Checks since the last progress line, so a long run shows it is alive and how it fares.
+#[derive(Default)]
 struct Progress {
-    since: Instant,
-    checks: u64,
-    failed: u64,
+    checks: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Progress {
-    fn new() -> Progress {
-        Progress {
-            since: Instant::now(),
-            checks: 0,
-            failed: 0,
+    fn record(&self, ok: bool) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn record(&mut self, ok: bool) {
-        self.checks += 1;
-        self.failed += u64::from(!ok);
-    }
-
-    fn maybe_report(&mut self, queued: i32) {
-        if self.since.elapsed() < PROGRESS_EVERY {
-            return;
-        }
+    /// Logs the counts since the last report and starts counting afresh.
+    fn report(&self, period: Duration, queued: i32) {
         log::info!(
             "{} check(s) in the last {:.0} s, {} failed; {queued} result(s) waiting for Kafka",
-            self.checks,
-            self.since.elapsed().as_secs_f64(),
-            self.failed
+            self.checks.swap(0, Ordering::Relaxed),
+            period.as_secs_f64(),
+            self.failed.swap(0, Ordering::Relaxed)
         );
-        *self = Progress::new();
     }
 }
 
-impl Publisher<'_> {
+impl Publisher {
     /// Queues one result keyed by its target, so a target's results stay in order.
-    fn publish(&mut self, result: &CheckResult) {
+    fn publish(&self, result: &CheckResult) {
         self.progress.record(result.ok);
         log::debug!(
             "{} ok={} status={:?} {:.1} ms",
@@ -304,231 +275,92 @@ impl Publisher<'_> {
             result.latency_ms.unwrap_or(f64::NAN)
         );
         let payload = result.encode();
-        let record = BaseRecord::to(self.topic)
+        let record = BaseRecord::to(&self.topic)
             .key(result.target.as_str())
             .payload(&payload);
-        match self.producer.send(record) {
-            Ok(()) => {}
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                self.dropped += 1;
-                log::error!(
-                    "producer queue full (Kafka unreachable?): dropped the result for {} ({} dropped so far)",
-                    result.target,
-                    self.dropped
-                );
-            }
-            Err((error, _)) => {
-                self.dropped += 1;
-                log::error!("could not queue the result for {}: {error}", result.target);
-            }
+        let Err((error, _)) = self.producer.send(record) else {
+            return;
+        };
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        match error {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => log::error!(
+                "producer queue full (Kafka unreachable?): dropped the result for {} ({dropped} dropped so far)",
+                result.target
+            ),
+            error => log::error!("could not queue the result for {}: {error}", result.target),
         }
     }
 }
 
-/// Blocking worker threads that run checks handed to them by index.
+/// What each checker thread needs: the targets, where to take due ones from, and where
+/// to put results.
+#[derive(Clone)]
+struct Checker {
+    prober: Prober,
+    targets: Arc<Vec<Target>>,
+    dispatcher: Arc<Dispatcher>,
+    publisher: Arc<Publisher>,
+}
+
+impl Checker {
+    /// Checks due targets until the dispatcher has no more; each thread publishes its
+    /// own results, so a check passes through no other thread.
+    fn work(&self) {
+        while let Some(due) = self.dispatcher.next() {
+            let mut result = self.prober.check(due.index, &self.targets[due.index]);
+            result.details.schedule_lag_ms = Some(due.late.as_secs_f64() * 1000.0);
+            self.publisher.publish(&result);
+            self.dispatcher.completed(due.index);
+        }
+    }
+}
+
+/// Blocking checker threads, counted so the main thread can wait for them to finish.
 struct CheckerPool {
-    size: usize,
-    jobs: Option<Sender<(usize, Duration)>>,
-    results: Receiver<(usize, CheckResult)>,
-    workers: Vec<thread::JoinHandle<()>>,
+    running: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl CheckerPool {
-    fn start(size: usize, prober: Prober, targets: Arc<Vec<Target>>) -> CheckerPool {
-        let (jobs, job_queue) = mpsc::channel::<(usize, Duration)>();
-        let (result_sink, results) = mpsc::channel();
-        let job_queue = Arc::new(Mutex::new(job_queue));
-        let workers = (0..size)
-            .map(|n| {
-                let job_queue = Arc::clone(&job_queue);
-                let result_sink = result_sink.clone();
-                let prober = prober.clone();
-                let targets = Arc::clone(&targets);
-                thread::Builder::new()
-                    .name(format!("checker-{n}"))
-                    .stack_size(256 * 1024)
-                    .spawn(move || loop {
-                        let next = job_queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok((index, late)) = next else { return };
-                        let mut result = prober.check(index, &targets[index]);
-                        result.details.schedule_lag_ms = Some(late.as_secs_f64() * 1000.0);
-                        if result_sink.send((index, result)).is_err() {
-                            return;
-                        }
-                    })
-                    .expect("spawning a checker thread")
-            })
-            .collect();
-        CheckerPool {
-            size,
-            jobs: Some(jobs),
-            results,
-            workers,
+    fn start(size: usize, checker: Checker) -> CheckerPool {
+        let running = Arc::new((Mutex::new(size), Condvar::new()));
+        for n in 0..size {
+            let checker = checker.clone();
+            let running = Arc::clone(&running);
+            // Threads are not joined: at a stop, one stuck past its timeout is abandoned.
+            thread::Builder::new()
+                .name(format!("checker-{n}"))
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let _exit = CountsExit(running);
+                    checker.work();
+                })
+                .expect("spawning a checker thread");
         }
+        CheckerPool { running }
     }
 
-    fn dispatch(&self, index: usize, late: Duration) {
-        if let Some(jobs) = &self.jobs {
-            jobs.send((index, late))
-                .expect("checker threads outlive the pool");
-        }
+    fn running(&self) -> usize {
+        *self.running.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `limit` for every checker to have stopped; true if they have.
+    fn wait_until_stopped(&self, limit: Duration) -> bool {
+        let (count, changed) = &*self.running;
+        let count = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = changed
+            .wait_timeout_while(count, limit, |running| *running > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *count == 0
     }
 }
 
-impl Drop for CheckerPool {
+/// Takes a checker off the running count when its thread ends, even by a panic.
+struct CountsExit(Arc<(Mutex<usize>, Condvar)>);
+
+impl Drop for CountsExit {
     fn drop(&mut self) {
-        self.jobs = None;
-        // Workers still inside a check are left to finish on their own; joining them
-        // here would make exit wait for a misbehaving server.
-        for worker in self.workers.drain(..) {
-            if worker.is_finished() {
-                let _ = worker.join();
-            }
-        }
-    }
-}
-
-/// When each target is due next. A target is re-armed only once its check completes,
-/// so one target never has two checks in flight.
-struct Schedule {
-    due: BinaryHeap<Reverse<(Instant, usize)>>,
-    last_due: Vec<Instant>,
-    intervals: Vec<Duration>,
-    once: bool,
-    outstanding: usize,
-}
-
-impl Schedule {
-    fn new(intervals: &[Duration], once: bool) -> Schedule {
-        let start = Instant::now();
-        let count = intervals.len();
-        // Spread first checks over one interval so many targets do not fire together.
-        let first_due: Vec<Instant> = intervals
-            .iter()
-            .enumerate()
-            .map(|(i, interval)| {
-                if once {
-                    start
-                } else {
-                    start + interval.mul_f64(i as f64 / count as f64)
-                }
-            })
-            .collect();
-        let due = first_due
-            .iter()
-            .enumerate()
-            .map(|(i, at)| Reverse((*at, i)))
-            .collect();
-        Schedule {
-            due,
-            last_due: first_due,
-            intervals: intervals.to_vec(),
-            once,
-            outstanding: count,
-        }
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<(usize, Instant)> {
-        let Reverse((at, index)) = *self.due.peek()?;
-        if at > now {
-            return None;
-        }
-        self.due.pop();
-        Some((index, at))
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((at, _))| *at)
-    }
-
-    fn completed(&mut self, index: usize) {
-        if self.once {
-            self.outstanding -= 1;
-            return;
-        }
-        // Keep the cadence of the original slot; if the check overran its slot,
-        // start the next one as soon as possible rather than bursting to catch up.
-        let mut next = self.last_due[index] + self.intervals[index];
-        let now = Instant::now();
-        if next < now {
-            next = now;
-        }
-        self.last_due[index] = next;
-        self.due.push(Reverse((next, index)));
-    }
-
-    fn is_finished(&self) -> bool {
-        self.once && self.outstanding == 0
-    }
-}
-
-/// Tracks how late checks start against their schedule and warns when the pool lags.
-#[derive(Default)]
-struct LagReport {
-    late: u64,
-    worst: Duration,
-    last_warning: Option<Instant>,
-}
-
-impl LagReport {
-    fn record(&mut self, lag: Duration) {
-        if lag > LATE_AFTER {
-            self.late += 1;
-            self.worst = self.worst.max(lag);
-        }
-    }
-
-    fn maybe_warn(&mut self) {
-        if self.late == 0
-            || self
-                .last_warning
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
-        {
-            return;
-        }
-        log::warn!(
-            "the checker pool cannot keep up: {} check(s) started more than {:?} late, worst {:.1} s; raise --concurrency",
-            self.late,
-            LATE_AFTER,
-            self.worst.as_secs_f64()
-        );
-        self.late = 0;
-        self.worst = Duration::ZERO;
-        self.last_warning = Some(Instant::now());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_checks_are_spread_over_one_interval() {
-        let schedule = Schedule::new(&[Duration::from_secs(40); 4], false);
-        let mut dues: Vec<Instant> = schedule.last_due.clone();
-        dues.sort();
-        let gaps: Vec<u64> = dues.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
-        assert_eq!(gaps, vec![10, 10, 10]);
-    }
-
-    #[test]
-    fn once_schedules_everything_now_and_finishes() {
-        let mut schedule = Schedule::new(&[Duration::from_secs(30); 2], true);
-        let now = Instant::now();
-        let a = schedule.pop_due(now).unwrap().0;
-        let b = schedule.pop_due(now).unwrap().0;
-        assert!(schedule.pop_due(now).is_none());
-        assert!(!schedule.is_finished());
-        schedule.completed(a);
-        schedule.completed(b);
-        assert!(schedule.is_finished());
-    }
-
-    #[test]
-    fn a_completed_target_is_due_one_interval_after_its_slot() {
-        let mut schedule = Schedule::new(&[Duration::from_secs(30)], false);
-        let (index, due) = schedule.pop_due(Instant::now()).unwrap();
-        schedule.completed(index);
-        assert_eq!(schedule.next_due(), Some(due + Duration::from_secs(30)));
+        let (count, changed) = &*self.0;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        changed.notify_all();
     }
 }
