@@ -189,6 +189,22 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     })
 }
 
+/// How many partitions the brokers report for `topic`; 0 when they do not know it.
+pub fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    limit: Duration,
+) -> Result<usize, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), limit)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum();
+    Ok(partitions)
+}
+
 /// Creates the topic when `known_topics` (from [`wait_for_brokers`]) lacks it, with the
 /// requested layout (-1: the broker's default). A broker that refuses (no permission,
 /// creation disabled) gets a warning, not an exit: it may still create the topic on

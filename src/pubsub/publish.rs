@@ -62,6 +62,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         args.partitions.unwrap_or(-1),
         args.replication_factor.unwrap_or(-1),
     )?;
+    report_topic(&producer, &args.kafka.topic);
     let prober = Prober::new(&targets, args.max_body_bytes)?;
     let intervals: Vec<Duration> = targets.iter().map(|t| t.interval).collect();
     let dispatcher = Arc::new(Dispatcher::new(&intervals, args.once));
@@ -132,6 +133,18 @@ fn wait_for_checkers(
     }
 }
 
+/// Logs the topic's partition count. Asking matters beyond the log line: librdkafka
+/// retries getting its idempotent producer id on each metadata answer, and its first
+/// try, sent while it swaps the bootstrap connection for the broker's own, sometimes
+/// fails and would otherwise wait out a 500 ms timer with every result held back.
+fn report_topic(producer: &BaseProducer<DeliveryCounter>, topic: &str) {
+    match kafka::partition_count(producer.client(), topic, Duration::from_secs(5)) {
+        Ok(0) => log::info!("publishing to {topic}, which the brokers do not list yet"),
+        Ok(partitions) => log::info!("publishing to {topic} ({partitions} partition(s))"),
+        Err(error) => log::warn!("could not look up topic {topic}: {error}"),
+    }
+}
+
 fn finish(
     producer: &BaseProducer<DeliveryCounter>,
     dropped: u64,
@@ -183,7 +196,12 @@ fn build_producer(args: &PubArgs) -> anyhow::Result<BaseProducer<DeliveryCounter
         .set("queue.buffering.max.messages", args.queue_max.to_string())
         // No age limit: a result waits for Kafka as long as the queue has room.
         .set("message.timeout.ms", "0")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        // librdkafka spaces out connection attempts by half this (50 ms by default), and
+        // a fresh producer needs two: the bootstrap address, then the broker it names.
+        // At 20 ms the first results can leave about 40 ms sooner; retries after a lost
+        // connection still back off exponentially up to reconnect.backoff.max.ms.
+        .set("reconnect.backoff.ms", "20");
     config
         .create_with_context(DeliveryCounter::default())
         .context("creating the Kafka producer")

@@ -156,11 +156,8 @@ impl Membership {
         }
         self.last_check = Some(Instant::now());
         let limit = Duration::from_secs(5);
-        let topic_exists = consumer.fetch_metadata(Some(topic), limit).is_ok_and(|m| {
-            m.topics()
-                .iter()
-                .any(|t| t.error().is_none() && !t.partitions().is_empty())
-        });
+        let topic_exists =
+            kafka::partition_count(consumer.client(), topic, limit).is_ok_and(|n| n > 0);
         let listed = consumer
             .fetch_group_list(Some(&self.group), limit)
             .map(|list| {
