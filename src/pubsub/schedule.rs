@@ -133,6 +133,8 @@ struct State {
 /// so a check costs no thread hand-off when targets are already due.
 pub struct Dispatcher {
     state: Mutex<State>,
+    /// A one-shot run re-arms nothing, so completions need not take the lock.
+    once: bool,
     /// The idle checker that holds the timer waits here.
     timer: Condvar,
     /// Every other idle checker waits here.
@@ -149,6 +151,7 @@ impl Dispatcher {
                 stopping: false,
                 timer_held: false,
             }),
+            once,
             timer: Condvar::new(),
             idle: Condvar::new(),
         }
@@ -196,6 +199,9 @@ impl Dispatcher {
 
     /// A check has finished: its target is due again one interval after its slot.
     pub fn completed(&self, index: usize) {
+        if self.once {
+            return;
+        }
         let mut state = self.lock();
         let earliest_before = state.schedule.next_due();
         let Some(next) = state.schedule.rearm(index) else {
