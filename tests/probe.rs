@@ -66,6 +66,7 @@ fn every_failure_is_classified_and_bounded_by_the_timeout() {
     let stack = Stack::from_env();
     let server = TestServer::start();
     let tls = TlsServer::start(30);
+    let unanswered = SaturatedListener::start();
     let expectations: Vec<(String, Option<&str>)> = vec![
         (server.url("/ok"), None),
         (server.url("/binary"), None),
@@ -75,6 +76,10 @@ fn every_failure_is_classified_and_bounded_by_the_timeout() {
             Some("refused"),
         ),
         ("http://no-such-host.invalid/".into(), Some("dns")),
+        (
+            format!("http://127.0.0.1:{}/", unanswered.port),
+            Some("connect_timeout"),
+        ),
         (server.url("/stall-headers"), Some("timeout")),
         (server.url("/stall-body"), Some("timeout")),
         (server.url("/slowloris"), Some("timeout")),

@@ -23,7 +23,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
     Transport, TransportAdapter,
 };
-use ureq::Error;
+use ureq::{Error, Timeout};
 
 /// What one check's connection phases took; summed over redirects.
 #[derive(Debug, Default, Clone)]
@@ -109,7 +109,12 @@ impl<In: Transport> Connector<In> for TimedTcp {
         let started = Instant::now();
         let result = self.0.connect(details, chained);
         add(|p| &mut p.connect, started.elapsed());
-        result
+        // Any timeout here means the host never completed the handshake; ureq reports
+        // it as the whole check's deadline when the attempt ran past that by a hair.
+        result.map_err(|error| match error {
+            Error::Timeout(_) => Error::Timeout(Timeout::Connect),
+            error => error,
+        })
     }
 }
 

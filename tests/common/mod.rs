@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -292,6 +293,40 @@ fn drip(stream: &mut TcpStream, head: &[u8], piece: &[u8]) -> std::io::Result<()
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A loopback listener that never accepts and whose accept queue is full, so the kernel
+/// drops every further SYN: connecting to it hangs, as it would to a firewalled host.
+pub struct SaturatedListener {
+    pub port: u16,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl SaturatedListener {
+    pub fn start() -> SaturatedListener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) on a socket this function owns; it only changes the backlog.
+        let status = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        assert_eq!(status, 0, "listen: {}", std::io::Error::last_os_error());
+        let address = listener.local_addr().unwrap();
+        // Connect until one attempt hangs: then the queue is full (one connection with a
+        // backlog of 0 on Linux; the loop does not rely on that number).
+        let mut queued = Vec::new();
+        loop {
+            match TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+                Ok(stream) => queued.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the accept queue: {e}"),
+            }
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        SaturatedListener {
+            port: address.port(),
+            _listener: listener,
+            _queued: queued,
+        }
+    }
 }
 
 /// A loopback HTTPS server with a self-signed certificate for `localhost`, made with the
