@@ -14,6 +14,7 @@
 #   BENCH_CONCURRENCIES    "8 32 128"      pub --concurrency and ab -c
 #   BENCH_DELAYS_MS        "10 100 1000 2000"   injected delays for the accuracy part
 #   BENCH_DELAY_CHECKS     30              checks (distinct URLs) per delay
+#   BENCH_REPEAT           3               pub/ab pairs per size and concurrency
 #   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables
 #   CARGO_TARGET_DIR                       where the release binary is built
 #   MF_*                                   passed on to scripts/stack.sh (ports,
@@ -28,6 +29,7 @@ SIZES=${BENCH_SIZES:-"1000 10000"}
 CONCURRENCIES=${BENCH_CONCURRENCIES:-"8 32 128"}
 DELAYS_MS=${BENCH_DELAYS_MS:-"10 100 1000 2000"}
 DELAY_CHECKS=${BENCH_DELAY_CHECKS:-30}
+REPEAT=${BENCH_REPEAT:-3}
 KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
 # Unique per invocation, so every run gets a fresh topic, group and table
@@ -324,18 +326,55 @@ warm_up() { # nginx-port
 # Median (p50) of a column, rounded to 0.01 ms: the SQL for one select item.
 p50() { echo "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY $1)::numeric, 2)"; }
 
+# One pub run and one ab run of the same size and concurrency, back to back; print
+# "wall rss cpu setup checks flush ab_rate ab_cpu topic".
+measure_pair() { # nginx-port size concurrency repeat
+    local port=$1 size=$2 concurrency=$3 topic=bench_pub_${STAMP}_$2_$3_$4
+    local wall rss cpu setup checks flush ab_rate ab_cpu
+    log "pub: $size targets, concurrency $concurrency (pair $4 of $REPEAT)"
+    read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
+    drain "$topic"
+    check_rows "$topic" "$size"
+    log "ab: $size requests, concurrency $concurrency"
+    read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
+    log "  pub $(rate_of "$size" "$wall") checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms"
+    echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic"
+}
+
+rate_of() { # count milliseconds
+    awk -v n="$1" -v ms="$2" 'BEGIN { if (ms + 0 > 0) printf "%.0f", n * 1000 / ms; else print "?" }'
+}
+
+# The middle value of the numbers on stdin, one per line ("?" lines left out).
+median() {
+    grep -v -F '?' | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "?" }'
+}
+
+# pub runs alternate with ab runs, REPEAT pairs per row, so a busy moment on the
+# shared machine hits both sides. The table shows the median pub run and ab's median
+# rate, and the range of the pub/ab ratio over the single pairs. Lag, RSS and phases
+# are those of the median pub run.
 throughput() { # nginx-port
-    local port=$1 size concurrency topic wall rss cpu setup checks flush ab_rate
-    local ab_cpu rate ratio lag_p50 lag_p99 lag_max check_rate medians cpu_per
-    local rows=() phases=()
+    local port=$1 size concurrency r pairs middle wall rss cpu setup checks flush
+    local ab_rate ab_cpu topic rate ratio range lag_p50 lag_p99 lag_max check_rate
+    local medians cpu_per rows=() phases=()
     for size in $SIZES; do
         write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
         for concurrency in $CONCURRENCIES; do
-            topic=bench_pub_${STAMP}_${size}_${concurrency}
-            log "pub: $size targets, concurrency $concurrency"
-            read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
-            drain "$topic"
-            check_rows "$topic" "$size"
+            # Not in a subshell: drain records the tables it creates, for clean-up.
+            : >"$WORK/pairs"
+            for ((r = 1; r <= REPEAT; r++)); do
+                measure_pair "$port" "$size" "$concurrency" "$r" >>"$WORK/pairs"
+            done
+            pairs=$(<"$WORK/pairs")
+            middle=$(sort -n -k1,1 <<<"$pairs" | sed -n "$(((REPEAT + 1) / 2))p")
+            read -r wall rss cpu setup checks flush _ _ topic <<<"$middle"
+            ab_rate=$(awk '{ print $7 }' <<<"$pairs" | median)
+            ab_cpu=$(awk '{ print $8 }' <<<"$pairs" | median)
+            rate=$(rate_of "$size" "$wall")
+            ratio=$(awk -v a="$rate" -v b="$ab_rate" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')
+            range=$(awk -v n="$size" '$1 + 0 > 0 && $7 + 0 > 0 { printf "%.2f\n", n * 1000 / $1 / $7 }' <<<"$pairs" |
+                sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo "-" hi; else print "?" }')
             read -r lag_p50 lag_p99 lag_max < <(figures "
                 SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY schedule_lag_ms)::numeric, 1),
                        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY schedule_lag_ms)::numeric, 1),
@@ -343,16 +382,11 @@ throughput() { # nginx-port
                 FROM $topic" 3)
             # Inside one check: pub's own phase timings, stored by sub.
             medians=$(figures "SELECT $(p50 latency_ms), $(p50 dns_ms), $(p50 connect_ms), $(p50 ttfb_ms) FROM $topic" 4)
-            log "ab: $size requests, concurrency $concurrency"
-            read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
-            rate=$(awk -v n="$size" -v ms="$wall" 'BEGIN { printf "%.0f", n * 1000 / ms }')
-            ratio=$(awk -v a="$rate" -v b="$ab_rate" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')
-            check_rate=$(awk -v n="$size" -v ms="$checks" 'BEGIN { if (ms + 0 > 0) printf "%.0f", n * 1000 / ms; else print "?" }')
+            check_rate=$(rate_of "$size" "$checks")
             # CPU per check / per request, in microseconds.
             cpu_per=$(awk -v n="$size" -v a="$cpu" -v b="$ab_cpu" 'BEGIN { printf "%.0f %.0f", a * 1000 / n, b * 1000 / n }')
-            log "  pub $rate checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms"
-            rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %6.1f | %7s | %7s | %7s |' \
-                "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" \
+            rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %9s | %6.1f | %7s | %7s | %7s |' \
+                "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" "$range" \
                 "$(awk -v kb="$rss" 'BEGIN { print kb / 1024 }')" "$lag_p50" "$lag_p99" "$lag_max")")
             # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
             phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
@@ -361,15 +395,17 @@ throughput() { # nginx-port
     done
     echo
     echo "Throughput: pub --once vs ab without keep-alive, same nginx, same count and"
-    echo "concurrency. ch/s = targets / wall time of the whole pub run. Lag in ms."
+    echo "concurrency, $REPEAT alternating pub/ab pairs per row. pub ch/s: targets / wall time of"
+    echo "the whole pub process, median run; ab req/s: median; ratio: of those two;"
+    echo "range: lowest and highest pub/ab ratio of a single pair. Lag in ms."
     echo
-    echo "|   size | conc | pub ch/s | ab req/s | ratio | RSS MB | lag p50 | lag p99 | lag max |"
-    echo "|-------:|-----:|---------:|---------:|------:|-------:|--------:|--------:|--------:|"
+    echo "|   size | conc | pub ch/s | ab req/s | ratio |     range | RSS MB | lag p50 | lag p99 | lag max |"
+    echo "|-------:|-----:|---------:|---------:|------:|----------:|-------:|--------:|--------:|--------:|"
     printf '%s\n' "${rows[@]}"
     echo
-    echo "Where pub's wall time goes, from its log timestamps (setup: start to the first"
-    echo "check, i.e. Kafka connection and topic creation; checks; final flush), and the"
-    echo "median phases of one check from the stored rows, all in ms; then CPU time"
+    echo "Where the median pub run's wall time goes, from its log timestamps (setup: start"
+    echo "to the first check, i.e. Kafka connection and topic lookup; checks; final flush),"
+    echo "and the median phases of one check from the stored rows, all in ms; then CPU time"
     echo "(user + system) per check of the whole pub process and per request of ab, in us."
     echo
     echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU |"
