@@ -26,12 +26,13 @@ fn run_until(
     args: &[&str],
 ) -> (String, String) {
     let topic = unique("sched");
-    let mut publisher = spawn(metrics_flow(stack, &topic).arg("pub").args(args));
+    // Logged drains stderr as it comes, so a chatty failure cannot stall pub on a pipe.
+    let mut publisher = Logged::spawn(metrics_flow(stack, &topic).arg("pub").args(args));
     let reached = wait_until(Duration::from_secs(60), || {
         server.request_count() >= requests
     });
-    signal(&publisher, "INT");
-    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(30));
+    publisher.signal("INT");
+    let (status, stderr) = publisher.wait_exit(Duration::from_secs(30));
     assert!(
         reached,
         "the server saw only {} requests:\n{stderr}",
@@ -110,5 +111,31 @@ fn a_pool_that_cannot_keep_up_warns() {
     assert!(
         worst_lag > 1000.0,
         "one target waited for the other's 1.5 s check, lag {worst_lag} ms"
+    );
+}
+
+#[test]
+fn a_long_run_with_kafka_up_never_fills_the_producer_queue() {
+    // A result leaves the producer's queue once Kafka has acknowledged it and pub has
+    // taken the delivery report, so with the broker up even a small bound must hold
+    // however many checks a run makes.
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let targets: Vec<String> = (0..20).map(|i| server.url(&format!("/ok?{i}"))).collect();
+    let mut args = vec!["--delay", "0.05", "--queue-max", "100"];
+    for target in &targets {
+        args.extend(["--target", target.as_str()]);
+    }
+    let (table, stderr) = run_until(&stack, &server, 1000, &args);
+    let summary = stderr.lines().filter(|l| l.contains("] published "));
+    assert!(
+        !stderr.contains("dropped the result"),
+        "results dropped with Kafka up: {}",
+        summary.collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(
+        stack.count(&table),
+        server.request_count() as i64,
+        "every check made is stored"
     );
 }

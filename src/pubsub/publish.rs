@@ -1,6 +1,6 @@
 //! `pub`: per-target schedules, a bounded pool of blocking checkers, and the Kafka producer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,9 +22,13 @@ use crate::shutdown::Shutdown;
 
 /// How long to wait for outstanding deliveries before giving up at exit.
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
-/// The longest the main loop sleeps, so stop requests, producer events, lag warnings
-/// and progress lines are served promptly.
+/// The longest the main loop sleeps, so stop requests, lag warnings and progress lines
+/// are served promptly.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long one call serves delivery reports. rust-rdkafka rounds the wait left down
+/// to whole milliseconds and so spins through the last one of every call: a long call
+/// keeps that to a thousandth of a core.
+const REPORT_WINDOW: Duration = Duration::from_secs(1);
 /// How often a long run logs what it has done.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 /// How long checks in flight at a stop request may take beyond their timeout.
@@ -78,6 +82,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         args.delay,
         args.concurrency
     );
+    let reports = DeliveryReports::serve(Arc::clone(&producer));
     let pool = CheckerPool::start(
         usize::from(args.concurrency),
         Checker {
@@ -88,6 +93,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         },
     );
     wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
+    drop(reports);
     finish(
         &producer,
         publisher.dropped.load(Ordering::Relaxed),
@@ -95,7 +101,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     )
 }
 
-/// Serves producer events and the periodic log lines while the checkers work; returns
+/// Serves the periodic log lines and a stop request while the checkers work; returns
 /// once they have all stopped, or when checks still running at a stop request have
 /// outlived their timeout (they are then abandoned, unpublished).
 fn wait_for_checkers(
@@ -108,7 +114,6 @@ fn wait_for_checkers(
     let mut stop_deadline: Option<Instant> = None;
     let mut since_report = Instant::now();
     loop {
-        publisher.producer.poll(Duration::ZERO);
         if pool.wait_until_stopped(IDLE_WAIT) {
             return;
         }
@@ -330,6 +335,37 @@ impl Checker {
             self.publisher.publish(&result);
             self.dispatcher.completed(due.index);
         }
+    }
+}
+
+/// A thread that serves the producer's delivery reports as they arrive, until dropped.
+/// A result counts against --queue-max until its report has been served, so reports
+/// cannot wait for a quiet moment of the main loop.
+struct DeliveryReports {
+    stop: Arc<AtomicBool>,
+}
+
+impl DeliveryReports {
+    fn serve(producer: Arc<BaseProducer<DeliveryCounter>>) -> DeliveryReports {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        // Not joined: it notices the stop within REPORT_WINDOW, and the final flush
+        // serves what is left meanwhile.
+        thread::Builder::new()
+            .name("delivery-reports".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    producer.poll(REPORT_WINDOW);
+                }
+            })
+            .expect("spawning the delivery report thread");
+        DeliveryReports { stop }
+    }
+}
+
+impl Drop for DeliveryReports {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
