@@ -311,6 +311,14 @@ run_ab() { # url count concurrency
     echo "$rate $(cpu_ms "$(tail -n 1 "$out.time")")"
 }
 
+# The machine's CPU counters from /proc/stat: "busy steal total" in clock ticks.
+# Steal is time the hypervisor gave our virtual CPUs to someone else; on a shared
+# host it is the noise every figure here carries.
+cpu_ticks() {
+    awk '/^cpu / { total = 0; for (i = 2; i <= 9; i++) total += $i
+                   print total - $5 - $6 - $9, $9, total }' /proc/stat
+}
+
 # ---------------------------------------------------------------- the runs
 
 # One untimed small run first, so the first figure does not carry the cold
@@ -474,6 +482,8 @@ main() {
     start_nginx "$nginx_port"
     local started
     started=$(now_ns)
+    local ticks_before
+    ticks_before=$(cpu_ticks)
     echo "metrics-flow pub benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), sizes: $SIZES, concurrencies: $CONCURRENCIES"
     warm_up "$nginx_port"
@@ -487,6 +497,9 @@ main() {
     # The load average again: this machine is shared, and a busy neighbour
     # shows up in every figure above.
     echo "total benchmark time: $((($(now_ns) - started) / 1000000000)) s, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+    # shellcheck disable=SC2086 # two lists of three numbers, split on purpose
+    awk '{ printf "CPU over the whole run: %.0f %% busy, %.0f %% stolen by the hypervisor\n", ($4 - $1) * 100 / ($6 - $3), ($5 - $2) * 100 / ($6 - $3) }' \
+        <<<"$ticks_before $(cpu_ticks)"
 }
 
 main "$@"
