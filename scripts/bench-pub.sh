@@ -15,7 +15,7 @@
 #   BENCH_DELAYS_MS        "10 100 1000 2000"   injected delays for the accuracy part
 #   BENCH_DELAY_CHECKS     30              checks (distinct URLs) per delay
 #   BENCH_REPEAT           3               pub/ab pairs per size and concurrency
-#   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables
+#   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables and the topics
 #   CARGO_TARGET_DIR                       where the release binary is built
 #   MF_*                                   passed on to scripts/stack.sh (ports,
 #                                          state dir), see that script
@@ -58,6 +58,9 @@ cleanup() {
         for table in "${TABLES[@]}"; do
             drop_tables "$table" || true
         done
+        # The topics too: every run makes about twenty, and a broker that keeps them
+        # all answers each later metadata request with a longer list.
+        delete_topics "bench_pub_${STAMP}_.*" || true
     fi
     # Only what this script started: a stack someone else runs stays up.
     for component in "${STACK_STARTED[@]}"; do
@@ -227,6 +230,12 @@ check_log() { # logfile what
 
 # CPU milliseconds (user + system) from GNU time's "%U %S" seconds.
 cpu_ms() { awk '{ printf "%.0f", ($1 + $2) * 1000 }' <<<"$1"; }
+
+delete_topics() { # topic-regex
+    bash "$REPO/scripts/stack.sh" kafka-tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BROKER" --delete --if-exists --topic "$1" >/dev/null 2>&1 ||
+        warn "could not delete the topics matching $1"
+}
 
 create_topic() { # topic
     bash "$REPO/scripts/stack.sh" kafka-tool org.apache.kafka.tools.TopicCommand \
