@@ -354,7 +354,7 @@ measure_pair() { # nginx-port size concurrency repeat
     check_rows "$topic" "$size"
     log "ab: $size requests, concurrency $concurrency"
     read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
-    log "  pub $(rate_of "$size" "$wall") checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms"
+    log "  pub $(rate_of "$size" "$wall") checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms (setup $setup, checks $checks, flush $flush)"
     echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic"
 }
 
