@@ -204,3 +204,32 @@ fn ctrl_c_stops_both_subcommands_cleanly() {
         "every check published exactly once"
     );
 }
+
+#[test]
+fn results_kafka_refuses_are_logged_counted_and_fail_a_one_shot_run() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("refused");
+    // Each result is larger than this topic takes, so the broker rejects every batch.
+    create_topic(&stack, &topic, &[("max.message.bytes", "200")]);
+    let output = metrics_flow(&stack, &topic)
+        .args(["pub", "--once", "--target", &server.url("/ok?a")])
+        .args(["--target", &server.url("/ok?b")])
+        .output()
+        .expect("running pub");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("a result was not delivered to Kafka")
+            .count(),
+        2,
+        "each failed delivery is logged:\n{stderr}"
+    );
+    assert!(stderr.contains(", 2 failed delivery"), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some("metrics-flow: 2 result(s) were not delivered to Kafka"),
+        "{stderr}"
+    );
+}

@@ -468,6 +468,25 @@ impl rdkafka::producer::ProducerContext for DeliveryCount {
     }
 }
 
+/// Creates a topic of one partition with the given topic-level settings.
+pub fn create_topic(stack: &Stack, topic: &str, settings: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.broker)
+        .create()
+        .expect("creating the test admin client");
+    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (key, value) in settings {
+        new_topic = new_topic.set(key, value);
+    }
+    let results =
+        futures_executor::block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
+            .expect("creating the topic");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+}
+
 /// Writes valid check results to a topic with rdkafka's BaseProducer, keyed by target
 /// so they spread over the topic's partitions.
 pub struct CheckProducer {
