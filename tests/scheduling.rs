@@ -139,3 +139,63 @@ fn a_long_run_with_kafka_up_never_fills_the_producer_queue() {
         "every check made is stored"
     );
 }
+
+#[test]
+fn a_stop_lets_checks_in_flight_finish_and_publishes_them() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("inflight");
+    let slow = server.url("/delay/1500");
+    let stalled = server.url("/stall-headers");
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--delay",
+        "30",
+        "--timeout",
+        "3",
+        "--target",
+        &slow,
+        "--target",
+        &stalled,
+    ]));
+    // Both requests have reached the server: both checks are in flight.
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= 2));
+    publisher.signal("INT");
+    let (status, stderr) = publisher.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "pub exited {status}:\n{stderr}");
+    run_ok(
+        metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    let rows = stack
+        .pg()
+        .query(
+            &format!("SELECT target, ok, error_kind, latency_ms FROM {topic}"),
+            &[],
+        )
+        .unwrap();
+    let outcome = |target: &str| {
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, String>(0) == target)
+            .unwrap_or_else(|| panic!("no result for {target}:\n{stderr}"));
+        (
+            row.get::<_, bool>(1),
+            row.get::<_, Option<String>>(2),
+            row.get::<_, f64>(3),
+        )
+    };
+    let (slow_ok, _, slow_ms) = outcome(&slow);
+    assert!(
+        slow_ok && slow_ms >= 1500.0,
+        "the slow check ran to its end"
+    );
+    let (_, stalled_kind, stalled_ms) = outcome(&stalled);
+    assert_eq!(stalled_kind.as_deref(), Some("timeout"));
+    assert!(
+        stalled_ms < 3000.0 + 1500.0,
+        "the stalled check ended at its timeout"
+    );
+    assert_eq!(rows.len(), 2, "one round, nothing else");
+}
