@@ -35,38 +35,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let defaults = targets::Defaults {
-        pattern: args.pattern.clone(),
-        timeout: args.timeout,
-        interval: args.delay,
-    };
-    let targets = targets::load(
-        &args.targets,
-        args.targets_file.as_deref(),
-        args.shard,
-        &defaults,
-    )?;
-    if targets.is_empty() {
-        let why = match args.shard {
-            Some(_) => "no targets in this shard",
-            None => "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)",
-        };
-        return Err(UsageError::new(why).into());
-    }
-    let producer = Arc::new(build_producer(&args)?);
-    let known_topics = kafka::wait_for_brokers(
-        producer.client(),
-        || producer.poll(Duration::ZERO),
-        &args.kafka,
-        &shutdown,
-    )?;
-    kafka::ensure_topic(
-        &args.kafka,
-        &known_topics,
-        args.partitions.unwrap_or(-1),
-        args.replication_factor.unwrap_or(-1),
-    )?;
-    report_topic(&producer, &args.kafka.topic);
+    let targets = load_targets(&args)?;
+    let producer = Arc::new(connect_producer(&args, &shutdown)?);
     let prober = Prober::new(&targets, args.max_body_bytes)?;
     let intervals: Vec<Duration> = targets.iter().map(|t| t.interval).collect();
     let dispatcher = Arc::new(Dispatcher::new(&intervals, args.once));
@@ -99,6 +69,51 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         publisher.dropped.load(Ordering::Relaxed),
         args.once,
     )
+}
+
+/// The targets this process checks: flags, environment and file, then this shard.
+fn load_targets(args: &PubArgs) -> anyhow::Result<Vec<Target>> {
+    let defaults = targets::Defaults {
+        pattern: args.pattern.clone(),
+        timeout: args.timeout,
+        interval: args.delay,
+    };
+    let targets = targets::load(
+        &args.targets,
+        args.targets_file.as_deref(),
+        args.shard,
+        &defaults,
+    )?;
+    if targets.is_empty() {
+        let why = match args.shard {
+            Some(_) => "no targets in this shard",
+            None => "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)",
+        };
+        return Err(UsageError::new(why).into());
+    }
+    Ok(targets)
+}
+
+/// A producer whose brokers have answered, with the topic created if it was missing.
+fn connect_producer(
+    args: &PubArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<BaseProducer<DeliveryCounter>> {
+    let producer = build_producer(args)?;
+    let known_topics = kafka::wait_for_brokers(
+        producer.client(),
+        || producer.poll(Duration::ZERO),
+        &args.kafka,
+        shutdown,
+    )?;
+    kafka::ensure_topic(
+        &args.kafka,
+        &known_topics,
+        args.partitions.unwrap_or(-1),
+        args.replication_factor.unwrap_or(-1),
+    )?;
+    report_topic(&producer, &args.kafka.topic);
+    Ok(producer)
 }
 
 /// Serves the periodic log lines and a stop request while the checkers work; returns
