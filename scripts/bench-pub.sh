@@ -374,7 +374,7 @@ median() {
 throughput() { # nginx-port
     local port=$1 size concurrency r pairs middle wall rss cpu setup checks flush
     local ab_rate ab_cpu topic rate ratio range lag_p50 lag_p99 lag_max check_rate
-    local medians cpu_per rows=() phases=()
+    local medians cpu_per phase_ratio rows=() phases=()
     for size in $SIZES; do
         write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
         for concurrency in $CONCURRENCIES; do
@@ -400,10 +400,11 @@ throughput() { # nginx-port
             # Inside one check: pub's own phase timings, stored by sub.
             medians=$(figures "SELECT $(p50 latency_ms), $(p50 dns_ms), $(p50 connect_ms), $(p50 ttfb_ms) FROM $topic" 4)
             check_rate=$(rate_of "$size" "$checks")
+            phase_ratio=$(awk -v a="$check_rate" -v b="$ab_rate" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "?" }')
             # CPU per check / per request, in microseconds.
             cpu_per=$(awk -v n="$size" -v a="$cpu" -v b="$ab_cpu" 'BEGIN { printf "%.0f %.0f", a * 1000 / n, b * 1000 / n }')
-            rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %9s | %6.1f | %7s | %7s | %7s |' \
-                "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" "$range" \
+            rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %9s | %9s | %6.1f | %7s | %7s | %7s |' \
+                "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" "$range" "$phase_ratio" \
                 "$(awk -v kb="$rss" 'BEGIN { print kb / 1024 }')" "$lag_p50" "$lag_p99" "$lag_max")")
             # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
             phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
@@ -414,10 +415,13 @@ throughput() { # nginx-port
     echo "Throughput: pub --once vs ab without keep-alive, same nginx, same count and"
     echo "concurrency, $REPEAT alternating pub/ab pairs per row. pub ch/s: targets / wall time of"
     echo "the whole pub process, median run; ab req/s: median; ratio: of those two;"
-    echo "range: lowest and highest pub/ab ratio of a single pair. Lag in ms."
+    echo "range: lowest and highest pub/ab ratio of a single pair; checks/ab: the median run's"
+    echo "checks phase alone (its log's \"checking\" to \"flushing\": like ab, which times itself"
+    echo "from its first connection to its last response, without start-up) over ab's rate."
+    echo "Lag in ms."
     echo
-    echo "|   size | conc | pub ch/s | ab req/s | ratio |     range | RSS MB | lag p50 | lag p99 | lag max |"
-    echo "|-------:|-----:|---------:|---------:|------:|----------:|-------:|--------:|--------:|--------:|"
+    echo "|   size | conc | pub ch/s | ab req/s | ratio |     range | checks/ab | RSS MB | lag p50 | lag p99 | lag max |"
+    echo "|-------:|-----:|---------:|---------:|------:|----------:|----------:|-------:|--------:|--------:|--------:|"
     printf '%s\n' "${rows[@]}"
     echo
     echo "Where the median pub run's wall time goes, from its log timestamps (setup: start"
