@@ -17,11 +17,11 @@ struct Schedule {
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     last_due: Vec<Instant>,
     intervals: Vec<Duration>,
-    once: bool,
 }
 
 impl Schedule {
-    fn new(intervals: &[Duration], once: bool) -> Schedule {
+    /// `all_now`: every target is due at once instead of spread over its interval.
+    fn new(intervals: &[Duration], all_now: bool) -> Schedule {
         let start = Instant::now();
         let count = intervals.len();
         // Spread first checks over one interval so many targets do not fire together.
@@ -29,7 +29,7 @@ impl Schedule {
             .iter()
             .enumerate()
             .map(|(i, interval)| {
-                if once {
+                if all_now {
                     start
                 } else {
                     start + interval.mul_f64(i as f64 / count as f64)
@@ -45,7 +45,6 @@ impl Schedule {
             due,
             last_due: first_due,
             intervals: intervals.to_vec(),
-            once,
         }
     }
 
@@ -62,23 +61,19 @@ impl Schedule {
         self.due.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Re-arms a target whose check has finished and returns when it is due again;
-    /// None for a one-shot run, where nothing comes back.
-    fn rearm(&mut self, index: usize) -> Option<Instant> {
-        if self.once {
-            return None;
-        }
+    /// Re-arms a target whose check has finished and returns when it is due again.
+    /// A one-shot run never comes here: nothing is re-armed in it.
+    fn rearm(&mut self, index: usize) -> Instant {
         // Keep the cadence of the original slot; if the check overran its slot,
         // start the next one as soon as possible rather than bursting to catch up.
         let next = (self.last_due[index] + self.intervals[index]).max(Instant::now());
         self.last_due[index] = next;
         self.due.push(Reverse((next, index)));
-        Some(next)
+        next
     }
 
-    /// In a one-shot run nothing is re-armed, so an empty schedule has no more work.
-    fn exhausted(&self) -> bool {
-        self.once && self.due.is_empty()
+    fn is_empty(&self) -> bool {
+        self.due.is_empty()
     }
 }
 
@@ -133,7 +128,8 @@ struct State {
 /// so a check costs no thread hand-off when targets are already due.
 pub struct Dispatcher {
     state: Mutex<State>,
-    /// A one-shot run re-arms nothing, so completions need not take the lock.
+    /// A one-shot run re-arms nothing: its completions need not take the lock, and once
+    /// the schedule is empty there is no more work.
     once: bool,
     /// The idle checker that holds the timer waits here.
     timer: Condvar,
@@ -168,7 +164,7 @@ impl Dispatcher {
     pub fn next(&self) -> Option<Due> {
         let mut state = self.lock();
         loop {
-            if state.stopping || state.schedule.exhausted() {
+            if state.stopping || (self.once && state.schedule.is_empty()) {
                 return None;
             }
             let now = Instant::now();
@@ -204,9 +200,7 @@ impl Dispatcher {
         }
         let mut state = self.lock();
         let earliest_before = state.schedule.next_due();
-        let Some(next) = state.schedule.rearm(index) else {
-            return;
-        };
+        let next = state.schedule.rearm(index);
         // Only a new earliest due time changes how long the idle checkers sleep.
         if earliest_before.is_none_or(|at| next < at) {
             if state.timer_held {
@@ -261,7 +255,7 @@ mod tests {
     fn a_completed_target_is_due_one_interval_after_its_slot() {
         let mut schedule = Schedule::new(&[Duration::from_secs(30)], false);
         let (index, due) = schedule.pop_due(Instant::now()).unwrap();
-        assert_eq!(schedule.rearm(index), Some(due + Duration::from_secs(30)));
+        assert_eq!(schedule.rearm(index), due + Duration::from_secs(30));
         assert_eq!(schedule.next_due(), Some(due + Duration::from_secs(30)));
     }
 
