@@ -63,6 +63,10 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             publisher: Arc::clone(&publisher),
         },
     );
+    // After the checkers start: the lookup waits for librdkafka's connection to the
+    // broker itself (the bootstrap one has answered already), and results can queue
+    // meanwhile.
+    report_topic(&producer, &args.kafka.topic);
     wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
     // Reports are still served during the final flush, which waits for them.
     let finished = finish(
@@ -115,7 +119,6 @@ fn connect_producer(
         args.partitions.unwrap_or(-1),
         args.replication_factor.unwrap_or(-1),
     )?;
-    report_topic(&producer, &args.kafka.topic);
     Ok(producer)
 }
 
