@@ -343,6 +343,7 @@ cpu_ticks() {
 # broker in service is warm; ab has no broker to warm.
 warm_up() { # nginx-port
     local topic=bench_pub_${STAMP}_warmup round
+    ((WARMUP_ROUNDS > 0)) || return 0
     write_targets "$WORK/warmup.txt" "$WARMUP_TARGETS" "http://127.0.0.1:$1/warmup/"
     create_topic "$topic"
     for ((round = 1; round <= WARMUP_ROUNDS; round++)); do
