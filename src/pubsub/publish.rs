@@ -224,7 +224,7 @@ fn build_producer(args: &PubArgs) -> anyhow::Result<BaseProducer<DeliveryCounter
         .set("message.timeout.ms", "0")
         // Kafka's CPU per result falls with the batch size: at 5 ms (the default) the
         // broker spent 30-110 ms of CPU per 1,000 results in bench-pub.sh, at 50 ms
-        // 10-30 ms. A result waits at most this long; the final flush waits for none.
+        // 10-50 ms. A result waits at most this long; the final flush waits for none.
         .set("linger.ms", "50")
         // librdkafka spaces out connection attempts by half this (50 ms by default), and
         // a fresh producer needs two: the bootstrap address, then the broker it names.
