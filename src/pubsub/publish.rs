@@ -63,9 +63,9 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             publisher: Arc::clone(&publisher),
         },
     );
-    // After the checkers start: the lookup waits for librdkafka's connection to the
-    // broker itself (the bootstrap one has answered already), and results can queue
-    // meanwhile.
+    // After the checkers start: the lookup needs librdkafka's connection to the broker
+    // itself, which the broker wait did not need when the bootstrap connection
+    // answered it, and results can queue meanwhile.
     report_topic(&producer, &args.kafka.topic);
     wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
     // Reports are still served during the final flush, which waits for them.
