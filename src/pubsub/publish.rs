@@ -44,6 +44,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let publisher = Arc::new(Publisher {
         producer: Arc::clone(&producer),
         topic: args.kafka.topic.clone(),
+        queued: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         progress: Progress::default(),
     });
@@ -69,11 +70,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     report_topic(&producer, &args.kafka.topic);
     wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
     // Reports are still served during the final flush, which waits for them.
-    let finished = finish(
-        &producer,
-        publisher.dropped.load(Ordering::Relaxed),
-        args.once,
-    );
+    let finished = finish(&publisher, args.once);
     drop(reports);
     finished
 }
@@ -153,7 +150,7 @@ fn wait_for_checkers(
         if since_report.elapsed() >= PROGRESS_EVERY {
             publisher
                 .progress
-                .report(since_report.elapsed(), publisher.producer.in_flight_count());
+                .report(since_report.elapsed(), publisher.waiting());
             since_report = Instant::now();
         }
     }
@@ -171,27 +168,24 @@ fn report_topic(producer: &BaseProducer<DeliveryCounter>, topic: &str) {
     }
 }
 
-fn finish(
-    producer: &BaseProducer<DeliveryCounter>,
-    dropped: u64,
-    once: bool,
-) -> anyhow::Result<()> {
-    log::info!("flushing {} queued result(s)", producer.in_flight_count());
-    if !flush(producer) {
+fn finish(publisher: &Publisher, once: bool) -> anyhow::Result<()> {
+    log::info!("flushing {} queued result(s)", publisher.waiting());
+    if !flush(&publisher.producer) {
         log::error!(
             "gave up flushing after {FLUSH_LIMIT:?}: {} result(s) not delivered",
-            producer.in_flight_count()
+            publisher.waiting()
         );
     }
-    let context = producer.context();
+    let context = publisher.producer.context();
     let failed = context.failed.load(Ordering::Relaxed);
+    let dropped = publisher.dropped.load(Ordering::Relaxed);
     log::info!(
         "published {} result(s), {} failed delivery, {} dropped on a full queue",
         context.delivered.load(Ordering::Relaxed),
         failed,
         dropped
     );
-    let undelivered = failed + dropped + producer.in_flight_count().max(0) as u64;
+    let undelivered = failed + dropped + publisher.waiting();
     // A one-shot run exists to deliver its results, so losing any is a failure. A
     // long-running one has already said so loudly, and a stop request still exits 0.
     if once && undelivered > 0 {
@@ -280,6 +274,8 @@ impl ProducerContext for DeliveryCounter {
 struct Publisher {
     producer: Arc<BaseProducer<DeliveryCounter>>,
     topic: String,
+    /// Results the producer took; each ends up delivered or failed in its context.
+    queued: AtomicU64,
     dropped: AtomicU64,
     progress: Progress,
 }
@@ -300,7 +296,7 @@ impl Progress {
     }
 
     /// Logs the counts since the last report and starts counting afresh.
-    fn report(&self, period: Duration, queued: i32) {
+    fn report(&self, period: Duration, queued: u64) {
         log::info!(
             "{} check(s) in the last {:.0} s, {} failed; {queued} result(s) waiting for Kafka",
             self.checks.swap(0, Ordering::Relaxed),
@@ -311,6 +307,16 @@ impl Progress {
 }
 
 impl Publisher {
+    /// Results taken but not yet reported delivered or failed. Counted here because
+    /// librdkafka's queue length also counts the log lines and events it has not
+    /// handed over yet. A report served before its send was counted reads as 0.
+    fn waiting(&self) -> u64 {
+        let context = self.producer.context();
+        let reported =
+            context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
+        self.queued.load(Ordering::Relaxed).saturating_sub(reported)
+    }
+
     /// Queues one result keyed by its target, so a target's results stay in order.
     fn publish(&self, result: &CheckResult) {
         self.progress.record(result.ok);
@@ -326,6 +332,7 @@ impl Publisher {
             .key(result.target.as_str())
             .payload(&payload);
         let Err((error, _)) = self.producer.send(record) else {
+            self.queued.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -373,8 +380,8 @@ impl DeliveryReports {
     fn serve(producer: Arc<BaseProducer<DeliveryCounter>>) -> DeliveryReports {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        // Not joined: it notices the stop within REPORT_WINDOW, and by then every
-        // report that matters has been served.
+        // Not joined: the process may end while it waits out a poll window, which is
+        // harmless once the final flush has seen every report served.
         thread::Builder::new()
             .name("delivery-reports".into())
             .spawn(move || {
