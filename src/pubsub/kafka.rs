@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openssl::pkey::PKey;
@@ -123,17 +123,42 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
 /// request only says "transport failure"; the reason (a rejected certificate, bad SASL
 /// credentials) arrives here, so the user is told that instead.
 #[derive(Default)]
-pub struct LastError(Mutex<Option<String>>);
+pub struct LastError {
+    kept: Mutex<Option<String>>,
+    /// The error last logged, and when: see SAME_EVENT_WINDOW.
+    logged: Mutex<Option<(String, Instant)>>,
+}
+
+/// rust-rdkafka 0.39's producer hands each error event to the context twice, once in
+/// its client's event poll and again in its own, microseconds apart. The same error
+/// within this window is that second call, and is not logged again.
+const SAME_EVENT_WINDOW: Duration = Duration::from_millis(10);
 
 impl LastError {
     /// librdkafka's error callback: logged, and kept.
     pub fn error(&self, error: &KafkaError, reason: &str) {
-        log::error!("Kafka: {error}: {reason}");
-        self.keep(format!("{error}: {reason}"));
+        let text = format!("{error}: {reason}");
+        if !self.just_logged(&text, Instant::now()) {
+            log::error!("Kafka: {text}");
+        }
+        self.keep(text);
+    }
+
+    /// Whether `text` was logged less than SAME_EVENT_WINDOW before `now`; if not, it
+    /// is recorded as logged at `now`.
+    fn just_logged(&self, text: &str, now: Instant) -> bool {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((last, at)) = &*logged {
+            if last == text && now.duration_since(*at) < SAME_EVENT_WINDOW {
+                return true;
+            }
+        }
+        *logged = Some((text.to_owned(), now));
+        false
     }
 
     fn keep(&self, reason: String) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
 
     /// Passes librdkafka's log line on to the `log` crate; error-level lines (a failed
@@ -152,7 +177,7 @@ impl LastError {
     }
 
     fn take(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -241,4 +266,29 @@ pub fn ensure_topic(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "Global error: AllBrokersDown: 1/1 brokers are down";
+
+    #[test]
+    fn the_same_error_twice_at_once_is_logged_once() {
+        let errors = LastError::default();
+        let now = Instant::now();
+        assert!(!errors.just_logged(TEXT, now));
+        assert!(errors.just_logged(TEXT, now + Duration::from_micros(50)));
+    }
+
+    #[test]
+    fn another_error_or_the_same_one_later_is_logged() {
+        let errors = LastError::default();
+        let now = Instant::now();
+        assert!(!errors.just_logged(TEXT, now));
+        assert!(!errors.just_logged("Global error: BrokerTransportFailure", now));
+        assert!(!errors.just_logged(TEXT, now + Duration::from_micros(50)));
+        assert!(!errors.just_logged(TEXT, now + SAME_EVENT_WINDOW * 2));
+    }
 }
