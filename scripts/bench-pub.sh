@@ -14,7 +14,7 @@
 #   BENCH_CONCURRENCIES    "8 32 128"      pub --concurrency and ab -c
 #   BENCH_DELAYS_MS        "10 100 1000 2000"   injected delays for the accuracy part
 #   BENCH_DELAY_CHECKS     30              checks (distinct URLs) per delay
-#   BENCH_REPEAT           3               pub/ab pairs per size and concurrency
+#   BENCH_REPEAT           5               pub/ab pairs per size and concurrency
 #   BENCH_WARMUP_TARGETS   10000           targets of each untimed warm-up run
 #   BENCH_WARMUP_ROUNDS    7               warm-up runs (they warm up Kafka)
 #   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables and the topics
@@ -31,7 +31,7 @@ SIZES=${BENCH_SIZES:-"1000 10000"}
 CONCURRENCIES=${BENCH_CONCURRENCIES:-"8 32 128"}
 DELAYS_MS=${BENCH_DELAYS_MS:-"10 100 1000 2000"}
 DELAY_CHECKS=${BENCH_DELAY_CHECKS:-30}
-REPEAT=${BENCH_REPEAT:-3}
+REPEAT=${BENCH_REPEAT:-5}
 WARMUP_TARGETS=${BENCH_WARMUP_TARGETS:-10000}
 WARMUP_ROUNDS=${BENCH_WARMUP_ROUNDS:-7}
 PRIME_TARGETS=30
@@ -397,7 +397,9 @@ median() {
 # pub runs alternate with ab runs, REPEAT pairs per row, so a busy moment on the
 # shared machine hits both sides. The table shows the median pub run and ab's median
 # rate, and the range of the pub/ab ratio over the single pairs. Lag, RSS and phases
-# are those of the median pub run.
+# are those of the median pub run. Five pairs, not three: with three, two disturbed
+# runs in a row (a broker GC pause, a busy neighbour: ratios of 0.33 and 0.35 between
+# pairs at 0.6-0.8) decided a row's median.
 throughput() { # nginx-port
     local port=$1 size concurrency r pairs middle wall rss cpu setup checks flush
     local ab_rate ab_cpu topic rate ratio range lag_p50 lag_p99 lag_max check_rate
