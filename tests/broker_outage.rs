@@ -52,9 +52,11 @@ fn results_survive_a_broker_outage() {
     signal(&publisher, "INT");
     let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
     assert!(status.success(), "pub exited {status}:\n{stderr}");
-    // Each of librdkafka's complaints about the outage once, not twice.
-    let lines = stderr.lines();
-    let doubled = lines.clone().zip(lines.skip(1)).find(|(a, b)| a == b);
+    // Each error librdkafka reports to pub once, not twice. (Its own log lines are
+    // passed on as they come, and it does write some twice in the same millisecond,
+    // e.g. "new leader-1 not found in cache" for two metadata answers.)
+    let errors = stderr.lines().filter(|l| l.contains("] Kafka: "));
+    let doubled = errors.clone().zip(errors.skip(1)).find(|(a, b)| a == b);
     assert!(doubled.is_none(), "logged twice in a row: {doubled:?}");
     let checks = server.request_count() as i64;
 
