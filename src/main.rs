@@ -5,6 +5,7 @@ mod cli;
 mod error;
 mod pubsub;
 mod shutdown;
+mod sync;
 
 use std::process::ExitCode;
 

@@ -3,6 +3,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
+
 /// Shared stop request; clones see the same flag.
 #[derive(Clone, Default)]
 pub struct Shutdown {
@@ -23,19 +25,19 @@ impl Shutdown {
 
     pub fn request(&self) {
         let (flag, wake) = &*self.inner;
-        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock(flag) = true;
         wake.notify_all();
     }
 
     pub fn requested(&self) -> bool {
-        *self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.inner.0)
     }
 
     /// Sleeps for `duration` unless a stop is requested first; returns true if it was.
     pub fn sleep(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
         let (flag, wake) = &*self.inner;
-        let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stopped = lock(flag);
         while !*stopped {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -18,6 +18,7 @@ use rdkafka::ClientContext;
 use crate::cli::{KafkaArgs, SecurityProtocol};
 use crate::error::UsageError;
 use crate::shutdown::{retry_until, Shutdown};
+use crate::sync::lock;
 
 /// Builds the settings common to producer and consumer, refusing inconsistent ones.
 pub fn client_config(args: &KafkaArgs) -> Result<ClientConfig, UsageError> {
@@ -147,7 +148,7 @@ impl LastError {
     /// Whether `text` was logged less than SAME_EVENT_WINDOW before `now`; if not, it
     /// is recorded as logged at `now`.
     fn just_logged(&self, text: &str, now: Instant) -> bool {
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut logged = lock(&self.logged);
         if let Some((last, at)) = &*logged {
             if last == text && now.duration_since(*at) < SAME_EVENT_WINDOW {
                 return true;
@@ -158,7 +159,7 @@ impl LastError {
     }
 
     fn keep(&self, reason: String) {
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *lock(&self.kept) = Some(reason);
     }
 
     /// Passes librdkafka's log line on to the `log` crate; error-level lines (a failed
@@ -177,7 +178,7 @@ impl LastError {
     }
 
     fn take(&self) -> Option<String> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
+        lock(&self.kept).take()
     }
 }
 

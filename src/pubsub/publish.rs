@@ -20,6 +20,7 @@ use super::targets::{self, Target};
 use crate::cli::PubArgs;
 use crate::error::UsageError;
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 
 /// How long to wait for outstanding deliveries before giving up at exit.
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
@@ -425,13 +426,13 @@ impl CheckerPool {
     }
 
     fn running(&self) -> usize {
-        *self.running.0.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.running.0)
     }
 
     /// Waits up to `limit` for every checker to have stopped; true if they have.
     fn wait_until_stopped(&self, limit: Duration) -> bool {
         let (count, changed) = &*self.running;
-        let count = count.lock().unwrap_or_else(|e| e.into_inner());
+        let count = lock(count);
         let (count, _) = changed
             .wait_timeout_while(count, limit, |running| *running > 0)
             .unwrap_or_else(|e| e.into_inner());
@@ -445,7 +446,7 @@ struct CountsExit(Arc<(Mutex<usize>, Condvar)>);
 impl Drop for CountsExit {
     fn drop(&mut self) {
         let (count, changed) = &*self.0;
-        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        *lock(count) -= 1;
         changed.notify_all();
     }
 }

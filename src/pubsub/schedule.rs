@@ -3,8 +3,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::sync::lock;
 
 /// A check that starts later than this after its due time counts as late.
 const LATE_AFTER: Duration = Duration::from_secs(1);
@@ -127,6 +129,8 @@ struct State {
 /// The schedule shared by the checker threads. Each takes the next due target itself,
 /// so a check costs no thread hand-off when targets are already due.
 pub struct Dispatcher {
+    /// Consistent across a panicking checker: every change to it is a single heap
+    /// operation or flag store.
     state: Mutex<State>,
     /// A one-shot run re-arms nothing: its completions need not take the lock, and once
     /// the schedule is empty there is no more work.
@@ -153,16 +157,10 @@ impl Dispatcher {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent across a panicking checker: every change to it is
-        // a single heap operation or flag store.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Blocks until a target is due and hands it out; None once the run is over (a stop
     /// was requested, or a one-shot run has handed out every target).
     pub fn next(&self) -> Option<Due> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         loop {
             if state.stopping || (self.once && state.schedule.is_empty()) {
                 return None;
@@ -198,7 +196,7 @@ impl Dispatcher {
         if self.once {
             return;
         }
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let earliest_before = state.schedule.next_due();
         let next = state.schedule.rearm(index);
         // Only a new earliest due time changes how long the idle checkers sleep.
@@ -213,14 +211,14 @@ impl Dispatcher {
 
     /// Hands out nothing more; idle checkers return from `next` at once.
     pub fn stop(&self) {
-        self.lock().stopping = true;
+        lock(&self.state).stopping = true;
         self.timer.notify_all();
         self.idle.notify_all();
     }
 
     /// Warns (at most every few seconds) when checks have been starting late.
     pub fn warn_if_lagging(&self) {
-        self.lock().lag.maybe_warn();
+        lock(&self.state).lag.maybe_warn();
     }
 }
 

@@ -18,6 +18,7 @@ use super::pgconn::PgTarget;
 use super::store::{self, AcceptedRow, Batch, CommitError, RejectedRow, TableName};
 use crate::cli::SubArgs;
 use crate::shutdown::{retry_until, Shutdown};
+use crate::sync::lock;
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How long a consumer may hold no partitions before its group membership is checked.
@@ -269,15 +270,11 @@ impl kafka::KeepsLastError for SinkContext {
 }
 
 impl SinkContext {
+    /// A poisoned lock is taken anyway: only the polling thread uses the sink, so a
+    /// panic there ends the run regardless.
     fn sink(&self) -> MutexGuard<'_, Sink> {
         lock(&self.sink)
     }
-}
-
-/// A poisoned lock is taken anyway: only the polling thread uses the sink, so a panic
-/// there ends the run regardless.
-fn lock(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
-    sink.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClientContext for SinkContext {
