@@ -39,6 +39,9 @@ PRIME_TARGETS=30
 MEASURED="target NOT LIKE '%/prime/%'"
 KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
+# pub --once without the caller's settings that would change what is checked
+# (extra targets, a pattern, a shard) or what it logs.
+PUB_ONCE=(env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG "$BIN" pub --once)
 # Unique per invocation, so every run gets a fresh topic, group and table
 # (sub allows table names of at most 40 characters, hence seconds since 1970).
 STAMP=$(date +%s)
@@ -262,11 +265,8 @@ run_pub() { # targets-file concurrency topic
     local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu
     local checking flushing published start_ms
     start=$(now_ns)
-    # Settings from the caller's environment that would change what is
-    # checked (extra targets, a pattern, a shard) are removed.
     if ! /usr/bin/time -f '%M %U %S' -o "$out.time" \
-        env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG \
-        "$BIN" pub --once --targets-file "$file" --concurrency "$concurrency" \
+        "${PUB_ONCE[@]}" --targets-file "$file" --concurrency "$concurrency" \
         --timeout 10 --topic "$topic" 2>"$out.pub.log"; then
         warn "pub failed for $topic: $(tail -n 1 "$out.pub.log")"
     fi
@@ -361,8 +361,7 @@ warm_up() { # nginx-port
 # (path /prime/) are left out of every figure by $MEASURED.
 prime_topic() { # topic
     create_topic "$1"
-    env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG \
-        "$BIN" pub --once --targets-file "$WORK/prime.txt" --concurrency 8 --topic "$1" \
+    "${PUB_ONCE[@]}" --targets-file "$WORK/prime.txt" --concurrency 8 --topic "$1" \
         2>"$WORK/$1.prime.log" || warn "priming $1 failed: $(tail -n 1 "$WORK/$1.prime.log")"
 }
 
