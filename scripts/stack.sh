@@ -467,12 +467,16 @@ pg_wait_ready() {
 }
 
 # Role and database for the application; ALTER keeps the password right even
-# if someone changed it.
+# if someone changed it. metrics_limited has no privileges of its own: tests grant
+# it row privileges on tables, to run sub the way a least-privilege user would.
 pg_provision() {
     pg_psql <<'EOF'
 SELECT 'CREATE ROLE metrics' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'metrics')
 \gexec
 ALTER ROLE metrics LOGIN CREATEDB PASSWORD 'metrics';
+SELECT 'CREATE ROLE metrics_limited' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'metrics_limited')
+\gexec
+ALTER ROLE metrics_limited LOGIN PASSWORD 'limited';
 SELECT 'CREATE DATABASE metrics OWNER metrics' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'metrics')
 \gexec
 EOF

@@ -58,8 +58,11 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The binary under test with the stack's coordinates and a clean environment.
+/// MF_TEST_BINARY runs another build instead, e.g. an older one to see a test fail.
 pub fn metrics_flow(stack: &Stack, topic: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_metrics-flow"));
+    let binary = std::env::var_os("MF_TEST_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_metrics-flow").into());
+    let mut command = Command::new(binary);
     for var in [
         "TARGET",
         "PATTERN",
@@ -139,9 +142,12 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatu
 }
 
 /// A loopback HTTP/1.1 server whose routes behave, or misbehave, as named:
-/// `/ok`, `/method` (echoes the request method), `/delay/<ms>`, `/status/<code>`, `/redirect-loop`, `/redirect-once`,
-/// `/big/<bytes>`, `/binary`, `/stall-headers`, `/stall-body`, `/close-mid-body`,
-/// `/garbage`, `/slowloris`, `/chunked-forever`.
+/// `/ok`, `/method` (echoes the request method), `/headers` (echoes the request
+/// headers), `/auth` (200 only for `user:s3cret`, else 401), `/delay/<ms>`,
+/// `/status/<code>`, `/redirect-loop`, `/redirect-once`, `/redirect-with-credentials`,
+/// `/redirect-long`, `/big/<bytes>`, `/binary`, `/gzip`, `/brotli`, `/gzip-bomb/<bytes>`,
+/// `/huge-headers` (40 KB of them), `/many-headers/<count>`, `/stall-headers`,
+/// `/stall-body`, `/close-mid-body`, `/garbage`, `/slowloris`, `/chunked-forever`.
 pub struct TestServer {
     pub port: u16,
     pub requests: Arc<AtomicUsize>,
@@ -177,12 +183,13 @@ fn serve(stream: TcpStream, counter: &AtomicUsize) {
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         match reader.read_line(&mut header) {
             Ok(0) | Err(_) => return,
             Ok(_) if header.trim().is_empty() => break,
-            Ok(_) => {}
+            Ok(_) => headers.push(header.trim_end().to_owned()),
         }
     }
     counter.fetch_add(1, Ordering::SeqCst);
@@ -191,13 +198,38 @@ fn serve(stream: TcpStream, counter: &AtomicUsize) {
     let target = words.next().unwrap_or("/");
     // Routes ignore the query string, so tests can make many distinct URLs of one route.
     let path = target.split('?').next().unwrap_or("/").to_owned();
-    if path == "/method" {
-        let mut stream = stream;
-        let _ = reply(&mut stream, 200, &[], method.as_bytes());
-        return;
-    }
-    respond(&path, stream);
+    let mut stream = stream;
+    let _ = match path.as_str() {
+        "/method" => reply(&mut stream, 200, &[], method.as_bytes()),
+        "/headers" => reply(&mut stream, 200, &[], headers.join("\n").as_bytes()),
+        "/auth" => {
+            let authorized = headers.iter().any(|h| {
+                h.eq_ignore_ascii_case(&format!("authorization: basic {BASIC_USER_S3CRET}"))
+            });
+            match authorized {
+                true => reply(&mut stream, 200, &[], b"authenticated"),
+                false => reply(
+                    &mut stream,
+                    401,
+                    &["WWW-Authenticate: Basic"],
+                    b"who are you",
+                ),
+            }
+        }
+        "/redirect-with-credentials" => {
+            let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+            let location = format!("Location: http://user:s3cret@127.0.0.1:{port}/auth");
+            reply(&mut stream, 302, &[&location], b"")
+        }
+        _ => {
+            respond(&path, stream);
+            Ok(())
+        }
+    };
 }
+
+/// `user:s3cret` in base64, what a client sends for `http://user:s3cret@host/`.
+pub const BASIC_USER_S3CRET: &str = "dXNlcjpzM2NyZXQ=";
 
 /// How long a misbehaving route keeps misbehaving; far beyond any check's timeout.
 const STALL: Duration = Duration::from_secs(30);
@@ -248,6 +280,36 @@ fn respond(path: &str, mut stream: TcpStream) {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"10\r\n0123456789abcdef\r\n",
         ),
+        ["gzip"] => {
+            let body = gzip(b"all is well, said the compressed body");
+            reply(&mut stream, 200, &["Content-Encoding: gzip"], &body)
+        }
+        ["brotli"] => {
+            let mut body = Vec::new();
+            {
+                let mut encoder = brotli::CompressorWriter::new(&mut body, 4096, 5, 22);
+                let _ = encoder.write_all(b"all is well, said the brotli body");
+            }
+            reply(&mut stream, 200, &["Content-Encoding: br"], &body)
+        }
+        ["gzip-bomb", bytes] => {
+            let body = gzip(&vec![0u8; bytes.parse().unwrap_or(0)]);
+            reply(&mut stream, 200, &["Content-Encoding: gzip"], &body)
+        }
+        ["huge-headers"] => {
+            let long = format!("X-Long: {}", "h".repeat(20_000));
+            reply(&mut stream, 200, &[&long, &long], b"all is well")
+        }
+        ["many-headers", count] => {
+            let count: usize = count.parse().unwrap_or(0);
+            let headers: Vec<String> = (0..count).map(|i| format!("X-Header-{i}: {i}")).collect();
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            reply(&mut stream, 200, &headers, b"all is well")
+        }
+        ["redirect-long"] => {
+            let location = format!("Location: /ok?{}", "q".repeat(20_000));
+            reply(&mut stream, 302, &[&location], b"")
+        }
         _ => reply(&mut stream, 404, &[], b"no such route"),
     };
 }
@@ -270,6 +332,13 @@ fn reply(
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
     stream.flush()
+}
+
+/// `bytes` gzip-compressed, as a server with `Content-Encoding: gzip` sends them.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).expect("compressing in memory");
+    encoder.finish().expect("compressing in memory")
 }
 
 fn write_then_stall(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
@@ -329,45 +398,47 @@ impl SaturatedListener {
     }
 }
 
-/// A loopback HTTPS server with a self-signed certificate for `localhost`, made with the
-/// openssl CLI when the server starts. Every request gets 200 "all is well over tls".
+/// What certificate a [`TlsServer`] presents, and so how a verifying client fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ServerCert {
+    /// Self-signed for `localhost` and 127.0.0.1, valid this many more days.
+    SelfSigned { days: u32 },
+    /// Signed by the server's CA ([`TlsServer::ca_file`]), but expired yesterday.
+    Expired,
+    /// Signed by the server's CA, but for `other-host.example` only.
+    OtherHost,
+    /// Signed by a CA the client is never given, and sent without it.
+    UnknownIssuer,
+}
+
+/// A loopback HTTPS server whose certificate, made in-process when it starts, is of the
+/// given kind. Every request gets 200 "all is well over tls".
 pub struct TlsServer {
     pub port: u16,
+    /// The certificate itself (PEM); for a self-signed one, also its CA.
     pub cert_file: std::path::PathBuf,
+    /// The CA that signed the certificate (PEM), for `ca_file` in a targets file.
+    pub ca_file: std::path::PathBuf,
+    pub kind: ServerCert,
     _dir: TempDir,
 }
 
 impl TlsServer {
     pub fn start(days_valid: u32) -> TlsServer {
-        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+        TlsServer::with(ServerCert::SelfSigned { days: days_valid })
+    }
+
+    pub fn with(kind: ServerCert) -> TlsServer {
+        use openssl::ssl::{SslAcceptor, SslMethod};
         let dir = TempDir::new("tls");
+        let (cert, key, ca) = certificate(kind);
         let cert_file = dir.path.join("cert.pem");
-        let key_file = dir.path.join("key.pem");
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .args(["-days", &days_valid.to_string()])
-            .arg("-keyout")
-            .arg(&key_file)
-            .arg("-out")
-            .arg(&cert_file)
-            .stderr(Stdio::null())
-            .status()
-            .expect("running openssl");
-        assert!(status.success(), "openssl could not make a certificate");
+        let ca_file = dir.path.join("ca.pem");
+        std::fs::write(&cert_file, cert.to_pem().unwrap()).unwrap();
+        std::fs::write(&ca_file, ca.to_pem().unwrap()).unwrap();
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acceptor
-            .set_private_key_file(&key_file, SslFiletype::PEM)
-            .unwrap();
-        acceptor.set_certificate_chain_file(&cert_file).unwrap();
+        acceptor.set_private_key(&key).unwrap();
+        acceptor.set_certificate(&cert).unwrap();
         let acceptor = Arc::new(acceptor.build());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -395,6 +466,8 @@ impl TlsServer {
         TlsServer {
             port,
             cert_file,
+            ca_file,
+            kind,
             _dir: dir,
         }
     }
@@ -402,6 +475,99 @@ impl TlsServer {
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
     }
+}
+
+type Key = openssl::pkey::PKey<openssl::pkey::Private>;
+
+/// The server's certificate, its key, and the CA that signed it.
+fn certificate(kind: ServerCert) -> (openssl::x509::X509, Key, openssl::x509::X509) {
+    const DAY: i64 = 86_400;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = ec_key();
+    let valid = (now - DAY, now + 30 * DAY);
+    match kind {
+        ServerCert::SelfSigned { days } => {
+            let cert = sign(
+                "localhost",
+                (now - DAY, now + i64::from(days) * DAY),
+                &key,
+                None,
+            );
+            (cert.clone(), key, cert)
+        }
+        ServerCert::Expired | ServerCert::OtherHost | ServerCert::UnknownIssuer => {
+            let ca_key = ec_key();
+            let ca = sign("metrics-flow test CA", valid, &ca_key, None);
+            let (host, validity) = match kind {
+                ServerCert::Expired => ("localhost", (now - 10 * DAY, now - DAY)),
+                ServerCert::OtherHost => ("other-host.example", valid),
+                _ => ("localhost", valid),
+            };
+            let cert = sign(host, validity, &key, Some((&ca, &ca_key)));
+            (cert, key, ca)
+        }
+    }
+}
+
+fn ec_key() -> Key {
+    use openssl::ec::{EcGroup, EcKey};
+    let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    Key::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+/// A certificate for `host` (and 127.0.0.1 when it is localhost), signed by `issuer`, or
+/// self-signed as a CA when there is none.
+fn sign(
+    host: &str,
+    (not_before, not_after): (i64, i64),
+    key: &Key,
+    issuer: Option<(&openssl::x509::X509, &Key)>,
+) -> openssl::x509::X509 {
+    use openssl::asn1::{Asn1Integer, Asn1Time};
+    use openssl::bn::BigNum;
+    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    static SERIAL: AtomicUsize = AtomicUsize::new(1);
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", host).unwrap();
+    let name = name.build();
+    let mut builder = X509Builder::new().unwrap();
+    builder.set_version(2).unwrap();
+    let serial = BigNum::from_u32(SERIAL.fetch_add(1, Ordering::Relaxed) as u32).unwrap();
+    builder
+        .set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
+        .unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder
+        .set_not_before(&Asn1Time::from_unix(not_before).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::from_unix(not_after).unwrap())
+        .unwrap();
+    builder.set_pubkey(key).unwrap();
+    let mut san = SubjectAlternativeName::new();
+    san.dns(host);
+    if host == "localhost" {
+        san.ip("127.0.0.1");
+    }
+    let (issuer_name, signing_key) = match issuer {
+        Some((ca, ca_key)) => (ca.subject_name().to_owned().unwrap(), ca_key),
+        None => {
+            let ca = BasicConstraints::new().critical().ca().build().unwrap();
+            builder.append_extension(ca).unwrap();
+            (name.as_ref().to_owned().unwrap(), key)
+        }
+    };
+    let san = san.build(&builder.x509v3_context(None, None)).unwrap();
+    builder.append_extension(san).unwrap();
+    builder.set_issuer_name(&issuer_name).unwrap();
+    builder
+        .sign(signing_key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    builder.build()
 }
 
 /// A directory removed when dropped.
@@ -429,9 +595,19 @@ impl Drop for TempDir {
 
 /// One valid schema-v1 check result, built field by field as a producer would.
 pub fn check_payload(index: usize) -> (String, Vec<u8>) {
+    let value = check_value(index);
+    let target = value["target"].as_str().unwrap_or_default().to_owned();
+    (
+        target,
+        serde_json::to_vec(&value).expect("JSON always serializes"),
+    )
+}
+
+/// The JSON of [`check_payload`], for a test to change before sending.
+pub fn check_value(index: usize) -> serde_json::Value {
     let target = format!("http://t{}.example.test/health", index % 16);
     let ok = !index.is_multiple_of(7);
-    let value = serde_json::json!({
+    serde_json::json!({
         "v": 1,
         "id": uuid::Uuid::new_v4().to_string(),
         "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -443,11 +619,7 @@ pub fn check_payload(index: usize) -> (String, Vec<u8>) {
         "error_text": if ok { None } else { Some("status 503 not in 200-299") },
         "pattern": "all is well",
         "pattern_found": ok,
-    });
-    (
-        target,
-        serde_json::to_vec(&value).expect("JSON always serializes"),
-    )
+    })
 }
 
 /// Counts deliveries that failed, so a producer can't lose messages unnoticed.
@@ -541,6 +713,85 @@ impl CheckProducer {
     }
 }
 
+/// A Kafka message as (key, value); a `None` value is a tombstone.
+pub type RawMessage<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+/// A message read back from Kafka, as (key, value).
+pub type ReadMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Writes each message to partition 0 of `topic`, in order, and waits for Kafka to
+/// take them all.
+pub fn produce_raw(stack: &Stack, topic: &str, messages: &[RawMessage<'_>]) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer: rdkafka::producer::BaseProducer<DeliveryCount> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.broker)
+        .create_with_context(DeliveryCount::default())
+        .expect("creating the test producer");
+    for (key, value) in messages {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(0);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        producer
+            .send(record)
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("flushing to {topic}: {e}"));
+    let failed = producer.context().failed.load(Ordering::SeqCst);
+    assert_eq!(failed, 0, "{failed} test message(s) were not delivered");
+}
+
+/// Every message of `topic` as (key, value) bytes, read from the start of each partition
+/// to its end.
+pub fn read_topic(stack: &Stack, topic: &str) -> Vec<ReadMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.broker)
+        .set("group.id", unique("reader"))
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("creating the test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("reading the topic's metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partitions");
+    let mut messages = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while at_end.len() < partitions {
+        assert!(Instant::now() < deadline, "{topic} was not read to its end");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => messages.push((
+                message.key().map(<[u8]>::to_vec),
+                message.payload().map(<[u8]>::to_vec),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    messages
+}
+
 /// Produces `count` valid check results and waits for Kafka to acknowledge them.
 pub fn produce_checks(stack: &Stack, topic: &str, count: usize) {
     let mut producer = CheckProducer::new(stack, topic);
@@ -589,6 +840,17 @@ impl Logged {
 
     pub fn signal(&self, name: &str) {
         signal(&self.child, name);
+    }
+
+    /// The number of threads the process runs now, from /proc.
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading the process's status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a Threads line")
     }
 
     pub fn has_exited(&mut self) -> bool {
