@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::pubsub::targets::parse_url;
+use crate::seconds;
 
 /// Website availability monitor: HTTP checks to Kafka, Kafka to PostgreSQL.
 #[derive(Debug, Parser)]
@@ -25,11 +25,24 @@ impl Cli {
     /// OpenSSL itself reads SSL_CERT_FILE as a CA bundle, and many machines export it
     /// for that. So a certificate that only comes from that variable, with no key
     /// beside it, is taken as that bundle and ignored here, not as a client certificate.
+    ///
+    /// Commas separate URLs in TARGET only: a URL given with --target is one URL, and
+    /// may hold commas of its own.
     pub fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
         let mut cli = Cli::from_arg_matches(matches)?;
         let (_, sub_matches) = matches.subcommand().expect("a subcommand is required");
         let kafka = match &mut cli.command {
-            Command::Pub(args) => &mut args.kafka,
+            Command::Pub(args) => {
+                if sub_matches.value_source("targets") == Some(ValueSource::EnvVariable) {
+                    args.targets = args
+                        .targets
+                        .iter()
+                        .flat_map(|list| list.split(','))
+                        .map(str::to_owned)
+                        .collect();
+                }
+                &mut args.kafka
+            }
             Command::Sub(args) => &mut args.kafka,
         };
         let cert_from_env =
@@ -98,7 +111,7 @@ pub struct KafkaArgs {
     pub broker: String,
 
     /// Kafka topic carrying the check results.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "checks")]
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "checks", value_parser = parse_topic)]
     pub topic: String,
 
     /// Kafka security protocol [default: plaintext, or ssl when an --ssl-* file is given].
@@ -129,8 +142,8 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
     pub sasl_password: Option<String>,
 
-    /// Seconds to keep retrying an unreachable Kafka or PostgreSQL before exiting 1.
-    #[arg(long, env = "CONNECT_DEADLINE", default_value = "60", value_parser = parse_seconds)]
+    /// Seconds to keep retrying an unreachable Kafka or PostgreSQL at start-up before exiting 1.
+    #[arg(long, env = "CONNECT_DEADLINE", default_value = "60", value_parser = seconds::parse, allow_negative_numbers = true)]
     pub connect_deadline: Duration,
 }
 
@@ -140,8 +153,8 @@ pub struct PubArgs {
     pub kafka: KafkaArgs,
 
     /// A URL to check; repeat the flag for several. TARGET may hold several, comma-separated.
-    #[arg(long = "target", env = "TARGET", value_delimiter = ',', value_parser = parse_url)]
-    pub targets: Vec<url::Url>,
+    #[arg(long = "target", env = "TARGET", value_name = "URL")]
+    pub targets: Vec<String>,
 
     /// A file of targets: plain lines (URL, optional pattern) or, if it ends in .toml,
     /// [[target]] tables with per-target settings.
@@ -157,36 +170,46 @@ pub struct PubArgs {
     pub pattern: Option<regex::bytes::Regex>,
 
     /// Seconds between two checks of the same target.
-    #[arg(long, env = "DELAY", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, env = "DELAY", default_value = "30", value_parser = seconds::parse, allow_negative_numbers = true)]
     pub delay: Duration,
 
     /// The most seconds one check may take, all phases together.
-    #[arg(long, env = "TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, env = "TIMEOUT", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
     pub timeout: Duration,
+
+    /// Seconds to wait at exit for results still on their way to Kafka; those still
+    /// undelivered then are lost, and pub exits 1.
+    #[arg(long, env = "FLUSH_TIMEOUT", default_value = "30", value_parser = seconds::parse, allow_negative_numbers = true)]
+    pub flush_timeout: Duration,
 
     /// Check every target once, publish, flush and exit.
     #[arg(long)]
     pub once: bool,
 
     /// The most checks in flight at once in this process.
-    #[arg(long, env = "CONCURRENCY", default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "CONCURRENCY", default_value = "32", value_parser = clap::value_parser!(u16).range(1..), allow_negative_numbers = true)]
     pub concurrency: u16,
 
     /// Results held for Kafka while it is unreachable; past this, new results are dropped
     /// with an error in the log.
-    #[arg(long, env = "QUEUE_MAX", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, env = "QUEUE_MAX", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..=10_000_000), allow_negative_numbers = true)]
     pub queue_max: u32,
 
     /// Partitions of the topic when pub has to create it [default: the broker's].
-    #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub partitions: Option<i32>,
 
     /// Replication factor of the topic when pub has to create it [default: the broker's].
-    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub replication_factor: Option<i32>,
 
     /// Most bytes of a response body read for the pattern; a longer body is a body_too_large failure.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
+    #[arg(
+        long,
+        env = "MAX_BODY_BYTES",
+        default_value = "1048576",
+        allow_negative_numbers = true
+    )]
     pub max_body_bytes: u64,
 }
 
@@ -212,31 +235,37 @@ pub struct SubArgs {
     #[arg(long, env = "KAFKA_GROUP", default_value = "metrics-flow")]
     pub group: String,
 
+    /// Seconds after which the group gives a silent member's partitions to the others,
+    /// such as those of a sub that was killed; the broker allows 6 to 300 by default.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
+    pub session_timeout: Duration,
+
     /// Consume until caught up with the end of every assigned partition, then exit.
     #[arg(long)]
     pub once: bool,
 
     /// A batch is written once it holds this many messages.
-    #[arg(long, env = "BATCH_SIZE", default_value = "5000", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "BATCH_SIZE", default_value = "5000", value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub batch_size: u32,
 
     /// A batch is written once its oldest message has waited this many milliseconds.
-    #[arg(long = "batch-age-ms", env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis)]
+    #[arg(long = "batch-age-ms", env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis, allow_negative_numbers = true)]
     pub batch_age: Duration,
 }
 
-/// Seconds as a positive decimal number, so `--delay 0.5` works.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 * 365.0 {
+/// A topic name as Kafka accepts it: 1 to 249 of `a-z A-Z 0-9 . _ -`, but not `.` or
+/// `..`. Checked here, because librdkafka only fails each message sent to a bad one.
+pub fn parse_topic(text: &str) -> Result<String, String> {
+    let valid_chars = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if text.is_empty() || text.len() > 249 || !valid_chars || text == "." || text == ".." {
         return Err(format!(
-            "'{text}' must be more than 0 seconds and at most a year"
+            "'{}' is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' and '-'",
+            crate::error::one_line(text)
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(text.to_owned())
 }
 
 fn parse_millis(text: &str) -> Result<Duration, String> {
@@ -308,16 +337,33 @@ mod tests {
     fn bad_values_are_usage_errors() {
         for bad in [
             vec!["pub", "--pattern", "(unclosed"],
-            vec!["pub", "--target", "not a url"],
-            vec!["pub", "--target", "ftp://example.com/"],
             vec!["pub", "--delay", "soon"],
             vec!["pub", "--delay", "-1"],
+            vec!["pub", "--delay", "1e-9"],
+            vec!["pub", "--topic", "bad topic!"],
+            vec!["sub", "--session-timeout", "0"],
             vec!["pub", "--concurrency", "0"],
             vec!["sub", "--table", "checks; drop table x"],
             vec!["sub", "--sasl-mechanism", "GSSAPI"],
         ] {
             let err = parse(&bad).expect_err(&format!("{bad:?} must fail"));
             assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_flag_is_one_url_even_with_commas() {
+        let args = pub_args(&["pub", "--target", "http://h/search?fields=id,name"]);
+        assert_eq!(args.targets, ["http://h/search?fields=id,name"]);
+    }
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        for good in ["checks", "a.b_c-9", &"t".repeat(249)] {
+            assert_eq!(parse_topic(good).as_deref(), Ok(good));
+        }
+        for bad in ["", ".", "..", "bad topic!", "t\u{e9}", &"t".repeat(250)] {
+            assert!(parse_topic(bad).is_err(), "{bad:?} accepted");
         }
     }
 

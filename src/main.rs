@@ -4,8 +4,10 @@
 mod cli;
 mod error;
 mod pubsub;
+mod seconds;
 mod shutdown;
 mod sync;
+mod throttle;
 
 use std::process::ExitCode;
 

@@ -100,13 +100,20 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
     signal(&publisher, "INT");
     let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
     assert!(kept_checking, "pub stopped checking while Kafka was down");
-    assert!(
-        status.success(),
-        "a stop request exits 0 even after drops: {status}\n{stderr}"
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "results were lost, so the run failed:\n{stderr}"
     );
     assert!(
         stderr.contains("producer queue full"),
         "no loud drop in:\n{stderr}"
+    );
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.contains("dropped on a full queue"), "{last}");
+    assert!(
+        stderr.matches("producer queue full").count() <= 4,
+        "every drop got a line of its own:\n{stderr}"
     );
 
     run_ok(
@@ -117,5 +124,103 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
     assert!(
         stored >= 3 && stored < checks,
         "{stored} of {checks} checks stored: the overflow was dropped"
+    );
+}
+
+#[test]
+fn a_stop_while_kafka_is_down_exits_1_saying_how_many_results_were_lost() {
+    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("lost");
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--delay",
+        "0.2",
+        "--flush-timeout",
+        "2",
+        "--target",
+        &server.url("/ok"),
+    ]));
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= 3));
+    let outage = stop_service("kafka");
+    let during = server.request_count();
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= during + 5));
+    publisher.signal("INT");
+    let (status, log) = publisher.wait_exit(Duration::from_secs(30));
+    outage.start();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("not delivered") && last.contains("lost"),
+        "the last line should say results were lost: {last}"
+    );
+}
+
+/// Log lines written between two lengths of a log.
+fn lines_between(log: &str, from: usize, to: usize) -> Vec<String> {
+    log[from..to.min(log.len())]
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_outage_is_logged_as_it_changes_not_line_by_line() {
+    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("quiet");
+    let publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--delay",
+        "0.5",
+        "--target",
+        &server.url("/ok"),
+    ]));
+    let subscriber = Logged::spawn(
+        metrics_flow(&stack, &topic).args(["sub", "--table", &topic, "--group", &topic]),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || stack.count(&topic) >= 2),
+        "nothing stored before the outage:\n{}",
+        subscriber.log()
+    );
+    let (pub_from, sub_from) = (publisher.log().len(), subscriber.log().len());
+    let outage = stop_service("kafka");
+    let down = std::time::Instant::now();
+    // Ten seconds of outage, measured by pub's own checks going on meanwhile.
+    let during = server.request_count();
+    assert!(wait_until(Duration::from_secs(60), || {
+        server.request_count() >= during + 20 && down.elapsed() >= Duration::from_secs(10)
+    }));
+    let (pub_to, sub_to) = (publisher.log().len(), subscriber.log().len());
+    outage.start();
+    let seconds = down.elapsed().as_secs_f64();
+    for (name, log, from, to) in [
+        ("pub", publisher.log(), pub_from, pub_to),
+        ("sub", subscriber.log(), sub_from, sub_to),
+    ] {
+        let lines = lines_between(&log, from, to);
+        assert!(
+            lines.len() <= 10,
+            "{name} wrote {} lines in a {seconds:.0} s outage:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        let contradiction = lines
+            .iter()
+            .find(|l| l.contains(" 0/") && l.contains("brokers are down"));
+        assert!(contradiction.is_none(), "{name}: {contradiction:?}");
+    }
+    let stored = stack.count(&topic);
+    assert!(
+        wait_until(Duration::from_secs(90), || stack.count(&topic) > stored + 2),
+        "sub did not resume after the outage:\n{}",
+        subscriber.log()
     );
 }

@@ -142,3 +142,118 @@ fn openssl_style_ssl_cert_file_alone_is_not_a_client_certificate() {
         "{stderr}"
     );
 }
+
+/// Runs `args`, expecting exit 2 with one line; returns that line.
+fn usage_error(args: &[&str]) -> String {
+    let output = metrics_flow(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{args:?} -> {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn durations_have_one_floor_for_flags_and_files() {
+    let dir = std::env::temp_dir().join(format!("mf-cli-durations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (flag, value) in [
+        ("--delay", "1e-9"),
+        ("--delay", "0.05"),
+        ("--delay", "1e9"),
+        ("--timeout", "0.01"),
+        ("--delay", "-1"),
+        ("--timeout", "-0.5"),
+    ] {
+        let line = usage_error(&["pub", "--target", "http://x/", flag, value]);
+        assert!(line.contains(flag), "{flag} {value}: {line}");
+    }
+    for (key, value) in [
+        ("interval", "1e-9"),
+        ("timeout", "0.01"),
+        ("interval", "1e9"),
+    ] {
+        let file = dir.join(format!("{key}-{value}.toml"));
+        std::fs::write(
+            &file,
+            format!("[[target]]\nurl = \"http://x/\"\n{key} = {value}\n"),
+        )
+        .unwrap();
+        let line = usage_error(&["pub", "--targets-file", file.to_str().unwrap()]);
+        assert!(line.contains(&format!("{}:3:", file.display())), "{line}");
+        assert!(line.contains(key), "{line}");
+    }
+    // The same words for the same rule.
+    let flag = usage_error(&["pub", "--target", "http://x/", "--delay", "0.05"]);
+    let file = dir.join("floor.toml");
+    std::fs::write(&file, "[[target]]\nurl = \"http://x/\"\ninterval = 0.05\n").unwrap();
+    let key = usage_error(&["pub", "--targets-file", file.to_str().unwrap()]);
+    let rule = |line: &str| {
+        line.split("0.05")
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(rule(&flag), rule(&key), "{flag} / {key}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_topic_names_are_refused_at_start() {
+    for subcommand in ["pub", "sub"] {
+        for topic in ["bad topic!", "", "..", &"t".repeat(250)] {
+            let mut args = vec![subcommand, "--topic", topic];
+            if subcommand == "pub" {
+                args.extend(["--target", "http://x/"]);
+            }
+            let line = usage_error(&args);
+            assert!(line.contains("--topic"), "{subcommand} {topic:?}: {line}");
+        }
+    }
+}
+
+#[test]
+fn targets_files_without_targets_or_with_a_url_twice_are_refused() {
+    let dir = std::env::temp_dir().join(format!("mf-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "# nothing yet\n").unwrap();
+    let line = usage_error(&["pub", "--targets-file", empty.to_str().unwrap()]);
+    assert!(
+        line.contains(&format!("{} holds no targets", empty.display())),
+        "{line}"
+    );
+    let twice = dir.join("twice.toml");
+    std::fs::write(
+        &twice,
+        "[[target]]\nurl = \"http://a.example/\"\n\n[[target]]\nurl = \"http://b.example/\"\n\n[[target]]\nurl = \"http://a.example/\"\n",
+    )
+    .unwrap();
+    let line = usage_error(&["pub", "--targets-file", twice.to_str().unwrap()]);
+    assert!(line.contains(&format!("{}:8:", twice.display())), "{line}");
+    assert!(line.contains("line 2"), "names the first line too: {line}");
+    let plain = dir.join("twice.txt");
+    std::fs::write(
+        &plain,
+        "http://a.example/\nhttp://a.example/ other pattern\n",
+    )
+    .unwrap();
+    let line = usage_error(&["pub", "--targets-file", plain.to_str().unwrap()]);
+    assert!(
+        line.contains(&format!("{}:2:", plain.display())) && line.contains("line 1"),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_url_too_long_to_ever_be_sent_is_refused_at_start() {
+    let long = format!("http://x.example/{}", "a".repeat(17_000));
+    let line = usage_error(&["pub", "--target", &long]);
+    assert!(line.contains("too long"), "{line}");
+    assert!(
+        line.len() < 400,
+        "the line quotes the whole URL: {} bytes",
+        line.len()
+    );
+}

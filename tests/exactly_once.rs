@@ -254,3 +254,80 @@ fn consumers_joining_and_leaving_a_group_share_the_work_exactly_once() {
         "the second sub should have been assigned partitions again when the first left; log:\n{second_log}"
     );
 }
+
+#[test]
+fn a_database_outage_longer_than_the_connect_deadline_is_waited_out() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_pgdown");
+    let table = unique("eo_pgdown");
+    const BEFORE: usize = 20_000;
+    const AFTER: usize = 5_000;
+    produce_checks(&stack, &topic, BEFORE);
+
+    let mut counter = RowCounter::new(&stack, &table);
+    // The deadline is for start-up; a running sub outlasts an outage four times as long.
+    let mut subscriber =
+        Logged::spawn(sub(&stack, &topic, &table, &topic).env("CONNECT_DEADLINE", "2"));
+    wait_rows(&mut counter, 1, &mut subscriber);
+    let outage = stop_service("pg");
+    let down = std::time::Instant::now();
+    let from = subscriber.log().len();
+    let outlasted = wait_until(Duration::from_secs(60), || {
+        down.elapsed() >= Duration::from_secs(8) || subscriber.has_exited()
+    });
+    let during = subscriber.log()[from..].to_owned();
+    assert!(
+        outlasted && !subscriber.has_exited(),
+        "sub gave up during the outage:\n{during}"
+    );
+    outage.start();
+    produce_checks(&stack, &topic, AFTER);
+    wait_rows(&mut counter, (BEFORE + AFTER) as i64, &mut subscriber);
+    let log = stop(&mut subscriber, "sub");
+    assert_exactly(&stack, &table, &topic, BEFORE + AFTER);
+    assert!(
+        during.lines().count() <= 12,
+        "an 8 s outage should take a few lines, not {}:\n{during}",
+        during.lines().count()
+    );
+    assert!(log.contains("reconnected"), "{log}");
+}
+
+#[test]
+fn a_sub_restarted_after_sigkill_says_why_it_waits_and_soon_gets_its_partitions() {
+    let _serial = serial();
+    let stack = Stack::from_env();
+    let topic = unique("eo_rejoin");
+    let table = unique("eo_rejoin");
+    const N: usize = 5_000;
+    produce_checks(&stack, &topic, N);
+    let mut counter = RowCounter::new(&stack, &table);
+    let mut killed = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    wait_rows(&mut counter, 1, &mut killed);
+    killed.kill();
+
+    let restarted = std::time::Instant::now();
+    let mut subscriber = Logged::spawn(&mut sub(&stack, &topic, &table, &topic));
+    let assigned = wait_until(Duration::from_secs(90), || {
+        subscriber.log().contains("assigned partitions [")
+    });
+    let took = restarted.elapsed();
+    let log = subscriber.log();
+    assert!(assigned, "no partitions after {took:?}:\n{log}");
+    let waiting = log
+        .lines()
+        .position(|l| l.contains("waiting for partitions"))
+        .unwrap_or_else(|| panic!("sub never said why it waits:\n{log}"));
+    let got = log
+        .lines()
+        .position(|l| l.contains("assigned partitions ["))
+        .unwrap();
+    assert!(waiting < got, "{log}");
+    // The dead member holds the partitions until its session times out: 10 s by
+    // default, where Kafka's own default is 45 s. The margin covers the rebalance.
+    assert!(took < Duration::from_secs(25), "took {took:?}:\n{log}");
+    wait_rows(&mut counter, N as i64, &mut subscriber);
+    stop(&mut subscriber, "sub");
+    assert_exactly(&stack, &table, &topic, N);
+}

@@ -227,9 +227,42 @@ fn results_kafka_refuses_are_logged_counted_and_fail_a_one_shot_run() {
         "each failed delivery is logged:\n{stderr}"
     );
     assert!(stderr.contains(", 2 failed delivery"), "{stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().last(),
-        Some("metrics-flow: 2 result(s) were not delivered to Kafka"),
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "metrics-flow: 2 result(s) were not delivered to Kafka and are lost: 2 refused or failed"
+        ),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_target_flag_takes_one_url_commas_and_all() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("commas");
+    let with_commas = server.url("/ok?fields=id,name");
+    let looks_like_two = format!("{},{}", server.url("/ok?a"), server.url("/status/500"));
+    run_ok(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--once",
+        "--target",
+        &with_commas,
+        "--target",
+        &looks_like_two,
+    ]));
+    run_ok(
+        metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    let mut stored: Vec<String> = stack
+        .pg()
+        .query(&format!("SELECT target FROM {topic}"), &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    stored.sort();
+    let mut expected = vec![with_commas, looks_like_two];
+    expected.sort();
+    assert_eq!(stored, expected);
 }

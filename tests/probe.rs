@@ -203,3 +203,167 @@ fn every_failure_is_classified_and_bounded_by_the_timeout() {
         );
     }
 }
+
+/// body_bytes of each stored row, by target.
+fn body_bytes(stack: &Stack, table: &str) -> HashMap<String, Option<i64>> {
+    stack
+        .pg()
+        .query(&format!("SELECT target, body_bytes FROM {table}"), &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[test]
+fn bodies_are_capped_after_decoding_and_a_body_of_exactly_the_cap_is_fine() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let exact = server.url("/big/1000");
+    let over = server.url("/big/1001");
+    let gzip = server.url("/gzip");
+    let brotli = server.url("/brotli");
+    let bomb = server.url("/gzip-bomb/50000000");
+    let asks = server.url("/headers");
+    let rows = check_once(
+        &stack,
+        &[
+            "--max-body-bytes",
+            "1000",
+            "--timeout",
+            "5",
+            "--pattern",
+            "x{1000}|all is well|(?i)accept-encoding: [^\\n]*gzip",
+        ],
+        &[
+            exact.clone(),
+            over.clone(),
+            gzip.clone(),
+            brotli.clone(),
+            bomb.clone(),
+            asks.clone(),
+        ],
+    );
+    let sizes = body_bytes(&stack, &rows_table(&rows));
+    assert!(rows[&exact].ok, "{:?}", rows[&exact]);
+    assert_eq!(sizes[&exact], Some(1000));
+    assert_eq!(rows[&over].error_kind.as_deref(), Some("body_too_large"));
+    assert!(
+        rows[&asks].ok,
+        "pub does not ask for gzip: {:?}",
+        rows[&asks]
+    );
+    let compressed = &rows[&gzip];
+    assert!(compressed.ok, "{compressed:?}");
+    assert_eq!(compressed.pattern_found, Some(true));
+    assert_eq!(
+        sizes[&gzip],
+        Some("all is well, said the compressed body".len() as i64),
+        "body_bytes is the decoded size"
+    );
+    assert_eq!(rows[&brotli].pattern_found, Some(true), "{:?}", rows[&brotli]);
+    assert_eq!(
+        sizes[&brotli],
+        Some("all is well, said the brotli body".len() as i64)
+    );
+    let bomb = &rows[&bomb];
+    assert_eq!(
+        bomb.error_kind.as_deref(),
+        Some("body_too_large"),
+        "{bomb:?}"
+    );
+    assert!(bomb.latency_ms < 5000.0, "{bomb:?}");
+}
+
+#[test]
+fn responses_past_the_header_limits_fail_as_protocol_with_a_clear_text() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let huge = server.url("/huge-headers");
+    let many = server.url("/many-headers/200");
+    let enough = server.url("/many-headers/100");
+    let long_redirect = server.url("/redirect-long");
+    let rows = check_once(
+        &stack,
+        &["--timeout", "5"],
+        &[
+            huge.clone(),
+            many.clone(),
+            enough.clone(),
+            long_redirect.clone(),
+        ],
+    );
+    assert!(rows[&enough].ok, "{:?}", rows[&enough]);
+    for (target, says) in [
+        (&huge, "response headers larger than 32 KiB"),
+        (&many, "more than 128 response headers"),
+        (&long_redirect, "request larger than 16 KiB"),
+    ] {
+        let row = &rows[target];
+        assert_eq!(
+            row.error_kind.as_deref(),
+            Some("protocol"),
+            "{target}: {row:?}"
+        );
+        let text = row.error_text.as_deref().unwrap_or_default();
+        assert!(text.contains(says), "{target}: {text}");
+    }
+}
+
+#[test]
+fn tls_failures_give_openssl_verify_result() {
+    let stack = Stack::from_env();
+    let servers = [
+        (
+            TlsServer::with(ServerCert::SelfSigned { days: 30 }),
+            "self-signed certificate",
+        ),
+        (
+            TlsServer::with(ServerCert::Expired),
+            "certificate has expired",
+        ),
+        (TlsServer::with(ServerCert::OtherHost), "hostname mismatch"),
+        (
+            TlsServer::with(ServerCert::UnknownIssuer),
+            "unable to get local issuer certificate",
+        ),
+    ];
+    // The CA of the expired and the misnamed certificates is trusted, so what fails is
+    // what each certificate is made to fail on.
+    let dir = TempDir::new("tlsreasons");
+    let mut toml = String::new();
+    for (server, _) in &servers {
+        toml.push_str(&format!("[[target]]\nurl = \"{}\"\n", server.url("/")));
+        if matches!(server.kind, ServerCert::Expired | ServerCert::OtherHost) {
+            toml.push_str(&format!("ca_file = \"{}\"\n", server.ca_file.display()));
+        }
+    }
+    let file = dir.path.join("targets.toml");
+    std::fs::write(&file, toml).unwrap();
+    let topic = unique("tlsreasons");
+    run_ok(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--once",
+        "--timeout",
+        "5",
+        "--targets-file",
+        &file.display().to_string(),
+    ]));
+    run_ok(
+        metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
+    );
+    for (server, reason) in &servers {
+        let row = stack
+            .pg()
+            .query_one(
+                &format!("SELECT error_kind, error_text FROM {topic} WHERE target = $1"),
+                &[&server.url("/")],
+            )
+            .unwrap();
+        let kind: Option<String> = row.get(0);
+        let text: Option<String> = row.get(1);
+        assert_eq!(kind.as_deref(), Some("tls"), "{:?}", server.kind);
+        let text = text.unwrap_or_default();
+        assert!(text.contains(reason), "{:?}: {text}", server.kind);
+    }
+}

@@ -121,8 +121,8 @@ fn a_long_run_with_kafka_up_never_fills_the_producer_queue() {
     // however many checks a run makes.
     let stack = Stack::from_env();
     let server = TestServer::start();
-    let targets: Vec<String> = (0..20).map(|i| server.url(&format!("/ok?{i}"))).collect();
-    let mut args = vec!["--delay", "0.05", "--queue-max", "100"];
+    let targets: Vec<String> = (0..40).map(|i| server.url(&format!("/ok?{i}"))).collect();
+    let mut args = vec!["--delay", "0.1", "--queue-max", "100"];
     for target in &targets {
         args.extend(["--target", target.as_str()]);
     }
@@ -198,4 +198,73 @@ fn a_stop_lets_checks_in_flight_finish_and_publishes_them() {
         "the stalled check ended at its timeout"
     );
     assert_eq!(rows.len(), 2, "one round, nothing else");
+}
+
+#[test]
+fn a_second_stop_request_exits_at_once_saying_what_was_abandoned() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("force");
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--timeout",
+        "30",
+        "--target",
+        &server.url("/stall-headers"),
+    ]));
+    assert!(wait_until(Duration::from_secs(30), || server
+        .request_count()
+        >= 1));
+    publisher.signal("INT");
+    assert!(wait_until(Duration::from_secs(10), || publisher
+        .log()
+        .contains("stop requested")));
+    publisher.signal("INT");
+    // Bounded, not timed: without the second request pub waits out the 30 s check.
+    let (status, log) = publisher.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("abandoned") && last.contains("1 check"),
+        "the last line should say what was abandoned: {last}"
+    );
+}
+
+#[test]
+fn a_run_starts_no_more_checker_threads_than_it_has_targets() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let topic = unique("threads");
+    // A long run keeps its idle checkers, so every thread it started is still there.
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--concurrency",
+        "65535",
+        "--target",
+        &server.url("/ok?1"),
+        "--target",
+        &server.url("/ok?2"),
+    ]));
+    assert!(
+        wait_until(Duration::from_secs(30), || server.request_count() >= 2),
+        "{}",
+        publisher.log()
+    );
+    let threads = publisher.threads();
+    assert!(threads < 40, "{threads} threads for two targets");
+    publisher.signal("INT");
+    let (status, log) = publisher.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+
+    let once = run_ok(metrics_flow(&stack, &topic).args([
+        "pub",
+        "--once",
+        "--target",
+        &server.url("/ok"),
+    ]));
+    let log = String::from_utf8_lossy(&once.stderr);
+    assert!(
+        !log.contains("every"),
+        "a one-shot run has no interval: {log}"
+    );
 }

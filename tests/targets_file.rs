@@ -173,3 +173,26 @@ fn file_errors_exit_2_naming_file_and_line() {
         assert!(stderr.contains(expected), "'{stderr}' lacks '{expected}'");
     }
 }
+
+#[test]
+fn a_pattern_with_a_nul_is_published_in_a_form_postgres_can_store() {
+    let stack = Stack::from_env();
+    let server = TestServer::start();
+    let dir = TempDir::new("nul");
+    let file = dir.path.join("targets.toml");
+    // TOML's own escape: the regex holds a NUL character, which matches a NUL byte.
+    let toml = format!(
+        "[[target]]\nurl = \"{}\"\npattern = \"all is well|\\u0000\"\n",
+        server.url("/ok")
+    );
+    fs::write(&file, toml).unwrap();
+    let table = publish_and_store(&stack, &["--targets-file", file.to_str().unwrap()]);
+    let rows = stack
+        .pg()
+        .query(&format!("SELECT ok, pattern FROM {table}"), &[])
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the result was stored, not rejected");
+    assert!(rows[0].get::<_, bool>(0));
+    assert_eq!(rows[0].get::<_, String>(1), "all is well|\\x00");
+    assert_eq!(stack.count(&format!("{table}_rejected")), 0);
+}

@@ -1,6 +1,7 @@
 //! librdkafka client settings from the shared Kafka flags: bootstrap, TLS files and SASL.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,9 @@ use rdkafka::ClientContext;
 
 use crate::cli::{KafkaArgs, SecurityProtocol};
 use crate::error::UsageError;
-use crate::shutdown::{retry_until, Shutdown};
+use crate::shutdown::{retry_until, Permanent, Shutdown};
 use crate::sync::lock;
+use crate::throttle::{more_like_it, Throttle};
 
 /// Builds the settings common to producer and consumer, refusing inconsistent ones.
 pub fn client_config(args: &KafkaArgs) -> Result<ClientConfig, UsageError> {
@@ -120,64 +122,119 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, UsageError> {
     std::fs::read(path).map_err(|e| UsageError::unreadable(flag, path, &e))
 }
 
-/// The latest error librdkafka reported through a client's context. A failed metadata
-/// request only says "transport failure"; the reason (a rejected certificate, bad SASL
-/// credentials) arrives here, so the user is told that instead.
+/// What librdkafka reports through a client's context: logged without flooding, and
+/// the most telling error kept. A failed metadata request only says "transport
+/// failure"; the reason (a rejected certificate, bad SASL credentials) arrives here,
+/// so the user is told that instead.
 #[derive(Default)]
 pub struct LastError {
-    kept: Mutex<Option<String>>,
-    /// The error last logged, and when: see SAME_EVENT_WINDOW.
-    logged: Mutex<Option<(String, Instant)>>,
+    kept: Mutex<Option<Kept>>,
+    logged: Mutex<Throttle<String>>,
+    /// Whether anything was logged since Kafka last answered; see `answered`.
+    troubled: AtomicBool,
 }
 
-/// rust-rdkafka 0.39's producer hands each error event to the context twice, once in
-/// its client's event poll and again in its own, microseconds apart. The same error
-/// within this window is that second call, and is not logged again.
-const SAME_EVENT_WINDOW: Duration = Duration::from_millis(10);
+/// An error worth telling the user at exit.
+struct Kept {
+    text: String,
+    /// A cause (bad credentials, TLS) rather than its consequence (brokers down): a
+    /// consequence reported after it must not hide it.
+    cause: bool,
+}
 
 impl LastError {
-    /// librdkafka's error callback: logged, and kept.
+    /// librdkafka's error callback, and errors its poll calls return: logged, and kept.
     pub fn error(&self, error: &KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
-        if !self.just_logged(&text, Instant::now()) {
-            log::error!("Kafka: {text}");
+        let text = if reason.is_empty() {
+            error.to_string()
+        } else {
+            format!("{error}: {reason}")
+        };
+        let code = error.rdkafka_error_code();
+        // librdkafka counts the brokers down after deciding that all are; with a
+        // connection coming back meanwhile it says "0/2 brokers are down".
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) && reason.starts_with("0/") {
+            log::debug!("Kafka: {text}");
+            return;
         }
-        self.keep(text);
-    }
-
-    /// Whether `text` was logged less than SAME_EVENT_WINDOW before `now`; if not, it
-    /// is recorded as logged at `now`.
-    fn just_logged(&self, text: &str, now: Instant) -> bool {
-        let mut logged = lock(&self.logged);
-        if let Some((last, at)) = &*logged {
-            if last == text && now.duration_since(*at) < SAME_EVENT_WINDOW {
-                return true;
-            }
+        let kind = format!("{code:?}");
+        if let Some(unlogged) = self.admit(kind, Instant::now()) {
+            log::error!("Kafka: {text}{}", more_like_it(unlogged));
         }
-        *logged = Some((text.to_owned(), now));
-        false
+        let cause = matches!(
+            code,
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        );
+        self.keep(text, cause);
     }
 
-    fn keep(&self, reason: String) {
-        *lock(&self.kept) = Some(reason);
+    fn admit(&self, kind: String, now: Instant) -> Option<u64> {
+        let admitted = lock(&self.logged).admit(kind, now);
+        self.troubled.store(true, Ordering::Relaxed);
+        admitted
     }
 
-    /// Passes librdkafka's log line on to the `log` crate; error-level lines (a failed
-    /// TLS handshake or SASL login is reported only this way) are also kept.
+    fn keep(&self, text: String, cause: bool) {
+        let mut kept = lock(&self.kept);
+        if kept.as_ref().is_some_and(|k| k.cause && !cause) {
+            return;
+        }
+        *kept = Some(Kept { text, cause });
+    }
+
+    /// Passes librdkafka's log line on to the `log` crate, throttled per facility;
+    /// error-level lines (a failed TLS handshake or SASL login is reported only this
+    /// way) are also kept.
     pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         use RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                log::error!(target: "librdkafka", "{facility}: {message}");
-                self.keep(message.to_owned());
+        // A fresh cluster answers the idempotent producer's first id request this way;
+        // librdkafka retries it, and it is no fault.
+        if message.contains("Coordinator load in progress") {
+            log::info!(target: "librdkafka", "{facility}: {message}");
+            return;
+        }
+        if matches!(level, L::Debug | L::Info | L::Notice) {
+            let line = format!("{facility}: {message}");
+            match level {
+                L::Debug => log::debug!(target: "librdkafka", "{line}"),
+                _ => log::info!(target: "librdkafka", "{line}"),
             }
-            L::Warning => log::warn!(target: "librdkafka", "{facility}: {message}"),
-            L::Notice | L::Info => log::info!(target: "librdkafka", "{facility}: {message}"),
-            L::Debug => log::debug!(target: "librdkafka", "{facility}: {message}"),
+            return;
+        }
+        let warning = matches!(level, L::Warning);
+        if let Some(unlogged) = self.admit(format!("log {facility}"), Instant::now()) {
+            let more = more_like_it(unlogged);
+            if warning {
+                log::warn!(target: "librdkafka", "{facility}: {message}{more}");
+            } else {
+                log::error!(target: "librdkafka", "{facility}: {message}{more}");
+            }
+        }
+        if !warning {
+            // Often the first word of a failed login or handshake, before the error
+            // callback says the same.
+            let cause = ["SASL authentication error", "SSL handshake failed"]
+                .iter()
+                .any(|sign| message.contains(sign));
+            self.keep(message.to_owned(), cause);
         }
     }
 
-    fn take(&self) -> Option<String> {
+    /// Kafka answered (a message consumed, a delivery confirmed): if errors were
+    /// logged since it last did, say that it is back, once.
+    pub fn answered(&self) {
+        if !self.troubled.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(since) = lock(&self.logged).reset() {
+            log::info!(
+                "Kafka answers again, after {:.0} s of errors",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn take(&self) -> Option<Kept> {
         lock(&self.kept).take()
     }
 }
@@ -209,8 +266,14 @@ pub fn wait_for_brokers<C: KeepsLastError>(
             })
             .map_err(|error| {
                 serve_events();
-                let reason = client.context().last_error().take();
-                anyhow::anyhow!(reason.unwrap_or_else(|| error.to_string()))
+                match client.context().last_error().take() {
+                    // Bad credentials do not get better by waiting for them.
+                    Some(kept) if kept.cause && kept.text.contains("Authentication") => {
+                        Permanent(anyhow::anyhow!("{what}: {}", kept.text)).into()
+                    }
+                    Some(kept) => anyhow::anyhow!(kept.text),
+                    None => anyhow::anyhow!(error.to_string()),
+                }
             })
     })
 }
@@ -273,23 +336,16 @@ pub fn ensure_topic(
 mod tests {
     use super::*;
 
-    const TEXT: &str = "Global error: AllBrokersDown: 1/1 brokers are down";
-
     #[test]
-    fn the_same_error_twice_at_once_is_logged_once() {
+    fn a_cause_is_not_hidden_by_its_consequence() {
         let errors = LastError::default();
-        let now = Instant::now();
-        assert!(!errors.just_logged(TEXT, now));
-        assert!(errors.just_logged(TEXT, now + Duration::from_micros(50)));
-    }
-
-    #[test]
-    fn another_error_or_the_same_one_later_is_logged() {
-        let errors = LastError::default();
-        let now = Instant::now();
-        assert!(!errors.just_logged(TEXT, now));
-        assert!(!errors.just_logged("Global error: BrokerTransportFailure", now));
-        assert!(!errors.just_logged(TEXT, now + Duration::from_micros(50)));
-        assert!(!errors.just_logged(TEXT, now + SAME_EVENT_WINDOW * 2));
+        let auth = KafkaError::Global(RDKafkaErrorCode::Authentication);
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        errors.error(&auth, "SASL authentication error: invalid credentials");
+        errors.error(&down, "1/1 brokers are down");
+        let kept = errors.take().expect("an error is kept");
+        assert!(kept.text.contains("invalid credentials"), "{}", kept.text);
+        errors.error(&down, "1/1 brokers are down");
+        assert!(errors.take().unwrap().text.contains("brokers are down"));
     }
 }

@@ -1,6 +1,6 @@
 //! The check result message, schema version 1: encoding for `pub`, strict validation for `sub`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -101,6 +101,10 @@ pub struct Details {
 /// Why `sub` refused a payload; stored as the rejected row's reason.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Rejection {
+    #[error("no value: a tombstone, not a check result")]
+    Tombstone,
+    #[error("empty value, not a check result")]
+    Empty,
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("not a JSON object")]
@@ -132,9 +136,14 @@ impl CheckResult {
         serde_json::to_vec(self).expect("a CheckResult always serializes")
     }
 
-    /// Parses a payload, insisting that every required field is present (even when null)
-    /// and that `v` is one this build understands. Unknown fields are ignored.
-    pub fn decode(payload: &[u8]) -> Result<CheckResult, Rejection> {
+    /// Parses a message's value (None for a tombstone), insisting that every required
+    /// field is present (even when null), that `v` is one this build understands and
+    /// that the values are ones a check can have. Unknown fields are ignored.
+    pub fn decode(payload: Option<&[u8]>) -> Result<CheckResult, Rejection> {
+        let payload = payload.ok_or(Rejection::Tombstone)?;
+        if payload.is_empty() {
+            return Err(Rejection::Empty);
+        }
         let value: Value =
             serde_json::from_slice(payload).map_err(|e| Rejection::NotJson(e.to_string()))?;
         let object = value.as_object().ok_or(Rejection::NotObject)?;
@@ -142,9 +151,73 @@ impl CheckResult {
         if let Some(missing) = REQUIRED_FIELDS.iter().find(|f| !object.contains_key(**f)) {
             return Err(Rejection::Missing(missing));
         }
-        serde_json::from_value(value).map_err(|e| Rejection::Invalid(e.to_string()))
+        let check: CheckResult =
+            serde_json::from_value(value).map_err(|e| Rejection::Invalid(e.to_string()))?;
+        check.plausible(Utc::now())?;
+        Ok(check)
+    }
+
+    /// Refuses values no check can have. A result dated in 9999 would otherwise be
+    /// "the latest" for its target forever.
+    fn plausible(&self, now: DateTime<Utc>) -> Result<(), Rejection> {
+        let invalid = |why: String| Err(Rejection::Invalid(why));
+        let checked_at = self.checked_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        if self.checked_at > now + chrono::Duration::hours(MAX_CLOCK_AHEAD_HOURS) {
+            return invalid(format!(
+                "checked_at {checked_at} is more than {MAX_CLOCK_AHEAD_HOURS} h ahead of this clock"
+            ));
+        }
+        if self.checked_at.year() < EARLIEST_YEAR {
+            return invalid(format!("checked_at {checked_at} is before {EARLIEST_YEAR}"));
+        }
+        if self.target.trim().is_empty() {
+            return invalid("target is empty".to_owned());
+        }
+        if let Some(status) = self.http_status.filter(|s| !(100..=599).contains(s)) {
+            return invalid(format!(
+                "http_status {status} is not an HTTP status (100-599)"
+            ));
+        }
+        let details = &self.details;
+        for (name, millis) in [
+            ("latency_ms", self.latency_ms),
+            ("dns_ms", details.dns_ms),
+            ("connect_ms", details.connect_ms),
+            ("tls_ms", details.tls_ms),
+            ("ttfb_ms", details.ttfb_ms),
+            ("schedule_lag_ms", details.schedule_lag_ms),
+        ] {
+            if let Some(millis) = millis.filter(|m| !(m.is_finite() && *m >= 0.0)) {
+                return invalid(format!("{name} {millis} is not a duration"));
+            }
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL's text type cannot hold U+0000, so a NUL in any text this check
+    /// carries (a regex written with `\u0000`, a server's error) is written as the
+    /// four characters `\x00`, which reads the same and, in a pattern, matches the same.
+    pub fn replace_nul_characters(&mut self) {
+        let details = &mut self.details;
+        let texts = [
+            Some(&mut self.target),
+            self.error_text.as_mut(),
+            self.pattern.as_mut(),
+            details.http_version.as_mut(),
+            details.final_url.as_mut(),
+        ];
+        for text in texts.into_iter().flatten() {
+            if text.contains('\0') {
+                *text = text.replace('\0', "\\x00");
+            }
+        }
     }
 }
+
+/// A producer's clock may run ahead of sub's by this much before its results are refused.
+const MAX_CLOCK_AHEAD_HOURS: i64 = 24;
+/// No check was made before this year; earlier dates are a producer's bug.
+const EARLIEST_YEAR: i32 = 2000;
 
 fn check_version(object: &Map<String, Value>) -> Result<(), Rejection> {
     match object.get("v") {
@@ -224,7 +297,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let check = sample();
-        assert_eq!(CheckResult::decode(&check.encode()).unwrap(), check);
+        assert_eq!(CheckResult::decode(Some(&check.encode())).unwrap(), check);
     }
 
     #[test]
@@ -267,10 +340,58 @@ mod tests {
     }
 
     #[test]
+    fn values_no_check_can_have_are_rejected() {
+        let now = Utc::now();
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "checked_at",
+                "9999-01-01T00:00:00Z".into(),
+                "ahead of this clock",
+            ),
+            ("checked_at", "0001-01-01T00:00:00Z".into(), "before 2000"),
+            ("latency_ms", (-0.5).into(), "latency_ms -0.5"),
+            ("ttfb_ms", (-1.0).into(), "ttfb_ms -1"),
+            ("http_status", 0.into(), "http_status 0"),
+            ("http_status", 700.into(), "http_status 700"),
+            ("target", " ".into(), "target is empty"),
+        ];
+        for (field, bad, reason) in cases {
+            let mut json: Value = serde_json::from_slice(&sample().encode()).unwrap();
+            json["checked_at"] = now.to_rfc3339().into();
+            json[field] = bad.clone();
+            let rejection = CheckResult::decode(Some(json.to_string().as_bytes())).unwrap_err();
+            assert!(
+                rejection.to_string().contains(reason),
+                "{field} = {bad}: {rejection}"
+            );
+        }
+        let mut slightly_ahead = sample();
+        slightly_ahead.checked_at = now + chrono::Duration::hours(1);
+        assert_eq!(slightly_ahead.plausible(now), Ok(()));
+    }
+
+    #[test]
+    fn nul_characters_are_written_as_an_escape() {
+        let mut check = sample();
+        check.pattern = Some("a\0b".into());
+        check.error_text = Some("\0".into());
+        check.details.final_url = Some("http://x/\0".into());
+        check.replace_nul_characters();
+        assert_eq!(check.pattern.as_deref(), Some("a\\x00b"));
+        assert_eq!(check.error_text.as_deref(), Some("\\x00"));
+        assert_eq!(check.details.final_url.as_deref(), Some("http://x/\\x00"));
+        let pattern = regex::bytes::Regex::new(check.pattern.as_deref().unwrap()).unwrap();
+        assert!(
+            pattern.is_match(b"a\0b"),
+            "the escape matches what the NUL matched"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_ignored() {
         let mut json: Value = serde_json::from_slice(&sample().encode()).unwrap();
         json["tls_expires_at"] = "2027-01-01T00:00:00Z".into();
-        let decoded = CheckResult::decode(json.to_string().as_bytes()).unwrap();
+        let decoded = CheckResult::decode(Some(json.to_string().as_bytes())).unwrap();
         assert_eq!(decoded.target, "http://127.0.0.1:8080/health");
     }
 
@@ -286,24 +407,26 @@ mod tests {
         bad_id["id"] = "not-a-uuid".into();
 
         assert!(matches!(
-            CheckResult::decode(b"\xff not json"),
+            CheckResult::decode(Some(b"\xff not json")),
             Err(Rejection::NotJson(_))
         ));
-        assert_eq!(CheckResult::decode(b"[1]"), Err(Rejection::NotObject));
+        assert_eq!(CheckResult::decode(Some(b"[1]")), Err(Rejection::NotObject));
+        assert_eq!(CheckResult::decode(None), Err(Rejection::Tombstone));
+        assert_eq!(CheckResult::decode(Some(b"")), Err(Rejection::Empty));
         assert_eq!(
-            CheckResult::decode(missing.to_string().as_bytes()),
+            CheckResult::decode(Some(missing.to_string().as_bytes())),
             Err(Rejection::Missing("pattern_found"))
         );
         assert!(matches!(
-            CheckResult::decode(wrong_type.to_string().as_bytes()),
+            CheckResult::decode(Some(wrong_type.to_string().as_bytes())),
             Err(Rejection::Invalid(_))
         ));
         assert_eq!(
-            CheckResult::decode(future.to_string().as_bytes()),
+            CheckResult::decode(Some(future.to_string().as_bytes())),
             Err(Rejection::UnsupportedVersion("2".into()))
         );
         assert!(matches!(
-            CheckResult::decode(bad_id.to_string().as_bytes()),
+            CheckResult::decode(Some(bad_id.to_string().as_bytes())),
             Err(Rejection::Invalid(_))
         ));
     }

@@ -9,6 +9,7 @@ use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
 
 use crate::error::UsageError;
+use crate::shutdown::Permanent;
 
 /// libpq's sslmode values; the postgres crate itself knows only the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +47,7 @@ impl PgTarget {
         } else {
             split_key_values(dsn)?
         };
-        let mut config = postgres::Config::from_str(&rest)
-            .map_err(|e| UsageError::new(format!("--dsn (POSTGRESQL_DSN) is invalid: {e}")))?;
+        let mut config = postgres::Config::from_str(&rest).map_err(|e| invalid_dsn(&e))?;
         config.ssl_mode(match tls.mode.unwrap_or(TlsMode::Prefer) {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
@@ -93,11 +93,23 @@ impl PgTarget {
         )
     }
 
+    /// One attempt to connect. A refusal that waiting cannot cure (a wrong password,
+    /// a missing database or role) is [`Permanent`], so it is not retried.
     pub fn connect(&self) -> anyhow::Result<Client> {
         let connector = self.tls_connector()?;
-        self.config
-            .connect(connector)
-            .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        self.config.connect(connector).map_err(|error| {
+            let reason = anyhow::anyhow!(error_chain(&error));
+            let permanent = error.code().is_some_and(|code| {
+                // 28: invalid authorization (bad password, no such role, pg_hba),
+                // 3D000: no such database, 42501: no permission to connect.
+                code.code().starts_with("28") || ["3D000", "42501"].contains(&code.code())
+            });
+            if permanent {
+                Permanent(reason).into()
+            } else {
+                reason
+            }
+        })
     }
 
     fn tls_connector(&self) -> Result<MakeTlsConnector, UsageError> {
@@ -148,7 +160,7 @@ impl PgTarget {
 
 /// The error and its causes on one line, each said once: OpenSSL's causes repeat
 /// their parent's text.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -160,6 +172,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     line
+}
+
+/// The postgres crate says only "invalid connection string" and puts the option at
+/// fault in the error's source; the value is never quoted, as it may be a password.
+fn invalid_dsn(error: &postgres::Error) -> UsageError {
+    let reason = std::error::Error::source(error)
+        .map(|cause| cause.to_string().replace('`', "'"))
+        .unwrap_or_else(|| error.to_string());
+    UsageError::new(format!("--dsn (POSTGRESQL_DSN) is invalid: {reason}"))
 }
 
 fn readable(param: &str, path: &std::path::Path) -> Result<(), UsageError> {
@@ -291,6 +312,28 @@ mod tests {
         assert_eq!(tls.mode, Some(TlsMode::VerifyCa));
         assert_eq!(tls.root_cert, Some(PathBuf::from("/ca.pem")));
         assert_eq!(rest, "postgres://u:p@h:5/db?application_name=x");
+    }
+
+    #[test]
+    fn a_bad_option_is_named_but_its_value_is_not_shown() {
+        for (dsn, named) in [
+            (
+                "host=h password=hunter2 frobnicate=1",
+                "unknown option 'frobnicate'",
+            ),
+            (
+                "host=h password=hunter2 port=hunter2",
+                "invalid value for option 'port'",
+            ),
+            (
+                "postgres://u:hunter2@h/db?frobnicate=hunter2",
+                "unknown option 'frobnicate'",
+            ),
+        ] {
+            let error = PgTarget::parse(dsn).err().expect(dsn).to_string();
+            assert!(error.contains(named), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! applied to the response, and every failure classified into a contract error kind.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use ureq::{Agent, Body, ResponseExt};
 use uuid::Uuid;
 
 use super::message::{CheckResult, Details, ErrorKind, SCHEMA_VERSION};
-use super::targets::Target;
+use super::targets::{mask_text, Target, MAX_REQUEST_HEAD};
 use super::transport::{self, OpensslConnector, Phases, TimedResolver, TimedTcp};
 use crate::error::UsageError;
 use ureq::unversioned::transport::Connector;
@@ -94,7 +94,7 @@ impl Prober {
             v: SCHEMA_VERSION,
             id: Uuid::new_v4(),
             checked_at,
-            target: target.url.to_string(),
+            target: target.shown.clone(),
             ok: false,
             http_status: None,
             latency_ms: Some(latency_ms),
@@ -113,6 +113,7 @@ impl Prober {
             }
         }
         add_phases(&mut result.details, &phases);
+        result.replace_nul_characters();
         result
     }
 
@@ -127,12 +128,7 @@ impl Prober {
         let status = response.status().as_u16();
         let mut details = describe_response(&response);
         details.ttfb_ms = Some(millis(ttfb));
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(self.max_body_bytes)
-            .read_to_vec()
-            .map_err(|e| classify(&e, Some(status)))?;
+        let body = self.read_body(&mut response, status)?;
         details.body_bytes = Some(body.len() as u64);
         Ok(Exchange {
             status,
@@ -141,6 +137,38 @@ impl Prober {
         })
     }
 }
+
+impl Prober {
+    /// The body, decoded (gzip, brotli), up to the cap. The cap applies to the decoded
+    /// bytes, so a small compressed bomb still ends as body_too_large; ureq's own
+    /// limit counts the bytes on the wire, and fails a body of exactly the limit.
+    fn read_body(&self, response: &mut Response<Body>, status: u16) -> Result<Vec<u8>, Failure> {
+        let cap = self.max_body_bytes;
+        let mut body = Vec::new();
+        response
+            .body_mut()
+            .with_config()
+            .reader()
+            .take(cap.saturating_add(1))
+            .read_to_end(&mut body)
+            .map_err(|e| classify(&ureq::Error::from(e), Some(status)))?;
+        if body.len() as u64 > cap {
+            return Err(Failure {
+                kind: ErrorKind::BodyTooLarge,
+                text: format!("the body is larger than {cap} bytes (--max-body-bytes)"),
+                status: Some(status),
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// The most response headers ureq parses (its MAX_RESPONSE_HEADERS).
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// The most bytes of response headers read. The input buffer is one byte larger so
+/// that ureq sees headers past the limit as too large; with equal sizes it finds the
+/// buffer full, makes no progress, and reports a disconnected peer.
+const MAX_RESPONSE_HEAD: usize = 32 * 1024;
 
 fn build_agent(key: &AgentKey) -> Result<Agent, String> {
     let config = Agent::config_builder()
@@ -158,9 +186,9 @@ fn build_agent(key: &AgentKey) -> Result<Agent, String> {
         .max_idle_connections_per_host(0)
         // Buffers are allocated and zeroed for every connection; ureq's 128 KiB
         // defaults cost more CPU than the rest of a loopback check.
-        .max_response_header_size(32 * 1024)
-        .input_buffer_size(32 * 1024)
-        .output_buffer_size(16 * 1024)
+        .max_response_header_size(MAX_RESPONSE_HEAD)
+        .input_buffer_size(MAX_RESPONSE_HEAD + 1)
+        .output_buffer_size(MAX_REQUEST_HEAD)
         .user_agent(concat!("metrics-flow/", env!("CARGO_PKG_VERSION")))
         .build();
     let tls = OpensslConnector::new(key.tls_verify, key.ca_file.as_deref())?;
@@ -188,7 +216,7 @@ fn send(agent: &Agent, target: &Target) -> Result<Response<Body>, ureq::Error> {
 fn describe_response(response: &Response<Body>) -> Details {
     Details {
         http_version: Some(format!("{:?}", response.version())),
-        final_url: Some(response.get_uri().to_string()),
+        final_url: Some(mask_text(&response.get_uri().to_string())),
         redirects: Some(
             response
                 .get_redirect_history()
@@ -266,6 +294,22 @@ fn judge(target: &Target, exchange: Exchange, result: &mut CheckResult) {
 
 fn classify(error: &ureq::Error, status: Option<u16>) -> Failure {
     use ureq::Error as E;
+    let text = match error {
+        E::LargeResponseHeader(..) => {
+            format!(
+                "response headers larger than {} KiB",
+                MAX_RESPONSE_HEAD / 1024
+            )
+        }
+        E::Protocol(ureq_proto::Error::HttpParseTooManyHeaders) => {
+            format!("more than {MAX_RESPONSE_HEADERS} response headers")
+        }
+        E::Protocol(ureq_proto::Error::OutputOverflow) => format!(
+            "request larger than {} KiB: its URL (after a redirect?) and headers do not fit",
+            MAX_REQUEST_HEAD / 1024
+        ),
+        error => error.to_string(),
+    };
     let kind = match error {
         E::HostNotFound => ErrorKind::Dns,
         E::Timeout(ureq::Timeout::Connect) => ErrorKind::ConnectTimeout,
@@ -275,14 +319,11 @@ fn classify(error: &ureq::Error, status: Option<u16>) -> Failure {
         E::Protocol(_) => ErrorKind::Protocol,
         E::TooManyRedirects => ErrorKind::TooManyRedirects,
         E::BodyExceedsLimit(_) => ErrorKind::BodyTooLarge,
+        E::LargeResponseHeader(..) | E::Decompress(..) => ErrorKind::Protocol,
         E::Io(io_error) => classify_io(io_error),
         _ => ErrorKind::Other,
     };
-    Failure {
-        kind,
-        text: error.to_string(),
-        status,
-    }
+    Failure { kind, text, status }
 }
 
 fn classify_io(error: &io::Error) -> ErrorKind {

@@ -21,9 +21,8 @@ use crate::cli::PubArgs;
 use crate::error::UsageError;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
+use crate::throttle::Throttle;
 
-/// How long to wait for outstanding deliveries before giving up at exit.
-const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 /// The longest the main loop sleeps, so stop requests, lag warnings and progress lines
 /// are served promptly.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -47,17 +46,23 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         topic: args.kafka.topic.clone(),
         queued: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        drop_log: Mutex::default(),
         progress: Progress::default(),
     });
+    // A checker beyond one per target would never have work.
+    let checkers = usize::from(args.concurrency).min(targets.len());
+    let cadence = if args.once {
+        "once".to_owned()
+    } else {
+        format!("every {:?}", args.delay)
+    };
     log::info!(
-        "checking {} target(s) every {:?} with up to {} at once",
-        targets.len(),
-        args.delay,
-        args.concurrency
+        "checking {} target(s) {cadence} with up to {checkers} at once",
+        targets.len()
     );
     let reports = DeliveryReports::serve(Arc::clone(&producer));
     let pool = CheckerPool::start(
-        usize::from(args.concurrency),
+        checkers,
         Checker {
             prober,
             targets: Arc::new(targets),
@@ -68,12 +73,29 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // After the checkers start: the lookup needs librdkafka's connection to the broker
     // itself, which the broker wait did not need when the bootstrap connection
     // answered it, and results can queue meanwhile.
-    report_topic(&producer, &args.kafka.topic);
+    let pool = Arc::new(pool);
+    say_what_a_forced_exit_abandons(&shutdown, &pool, &publisher);
+    log_topic_layout(&producer, &args.kafka.topic);
     wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
     // Reports are still served during the final flush, which waits for them.
-    let finished = finish(&publisher, args.once);
+    let finished = finish(&publisher, args.flush_timeout);
     drop(reports);
     finished
+}
+
+fn say_what_a_forced_exit_abandons(
+    shutdown: &Shutdown,
+    pool: &Arc<CheckerPool>,
+    publisher: &Arc<Publisher>,
+) {
+    let (pool, publisher) = (Arc::clone(pool), Arc::clone(publisher));
+    shutdown.on_forced_exit(move || {
+        format!(
+            "{} check(s) in flight and {} result(s) not yet delivered to Kafka",
+            pool.running(),
+            publisher.waiting()
+        )
+    });
 }
 
 /// The targets this process checks: flags, environment and file, then this shard.
@@ -90,9 +112,15 @@ fn load_targets(args: &PubArgs) -> anyhow::Result<Vec<Target>> {
         &defaults,
     )?;
     if targets.is_empty() {
-        let why = match args.shard {
-            Some(_) => "no targets in this shard",
-            None => "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)",
+        let why = match (args.shard, &args.targets_file) {
+            (Some(_), _) => "no targets in this shard".to_owned(),
+            (None, Some(file)) => format!(
+                "--targets-file (TARGETS_FILE): {} holds no targets",
+                file.display()
+            ),
+            (None, None) => {
+                "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)".to_owned()
+            }
         };
         return Err(UsageError::new(why).into());
     }
@@ -161,7 +189,7 @@ fn wait_for_checkers(
 /// retries getting its idempotent producer id on each metadata answer, and its first
 /// try, sent while it swaps the bootstrap connection for the broker's own, sometimes
 /// fails and would otherwise wait out a 500 ms timer with every result held back.
-fn report_topic(producer: &BaseProducer<DeliveryCounter>, topic: &str) {
+fn log_topic_layout(producer: &BaseProducer<DeliveryCounter>, topic: &str) {
     match kafka::partition_count(producer.client(), topic, Duration::from_secs(5)) {
         Ok(0) => log::info!("publishing to {topic}, which the brokers do not list yet"),
         Ok(partitions) => log::info!("publishing to {topic} ({partitions} partition(s))"),
@@ -169,39 +197,42 @@ fn report_topic(producer: &BaseProducer<DeliveryCounter>, topic: &str) {
     }
 }
 
-fn finish(publisher: &Publisher, once: bool) -> anyhow::Result<()> {
+/// Flushes, sums up the run, and fails it if any result it made was not delivered: a
+/// result a user asked to keep must not vanish behind a success status.
+fn finish(publisher: &Publisher, flush_timeout: Duration) -> anyhow::Result<()> {
     log::info!("flushing {} queued result(s)", publisher.waiting());
-    if !flush(&publisher.producer) {
+    if !flush(&publisher.producer, flush_timeout) {
         log::error!(
-            "gave up flushing after {FLUSH_LIMIT:?}: {} result(s) not delivered",
+            "gave up flushing after {flush_timeout:?} (--flush-timeout): {} result(s) not delivered",
             publisher.waiting()
         );
     }
     let context = publisher.producer.context();
     let failed = context.failed.load(Ordering::Relaxed);
     let dropped = publisher.dropped.load(Ordering::Relaxed);
+    let waiting = publisher.waiting();
     log::info!(
         "published {} result(s), {} failed delivery, {} dropped on a full queue",
         context.delivered.load(Ordering::Relaxed),
         failed,
         dropped
     );
-    let undelivered = failed + dropped + publisher.waiting();
-    // A one-shot run exists to deliver its results, so losing any is a failure. A
-    // long-running one has already said so loudly, and a stop request still exits 0.
-    if once && undelivered > 0 {
-        anyhow::bail!("{undelivered} result(s) were not delivered to Kafka");
+    let undelivered = failed + dropped + waiting;
+    if undelivered > 0 {
+        anyhow::bail!(
+            "{undelivered} result(s) were not delivered to Kafka and are lost: {failed} refused or failed, {dropped} dropped on a full queue (--queue-max), {waiting} still queued at exit (--flush-timeout)"
+        );
     }
     Ok(())
 }
 
-/// Waits for every queued result to be delivered, up to FLUSH_LIMIT, while the
+/// Waits for every queued result to be delivered, up to `limit`, while the
 /// delivery-report thread serves the reports. This is librdkafka's own flush, which
 /// sends the batches still lingering at once (polling until the queue is empty would
 /// wait out linger.ms) and sleeps on a condition variable meanwhile; rust-rdkafka's
 /// wrapper of it serves reports itself, 100 ms at a time.
-fn flush(producer: &BaseProducer<DeliveryCounter>) -> bool {
-    let limit_ms = i32::try_from(FLUSH_LIMIT.as_millis()).unwrap_or(i32::MAX);
+fn flush(producer: &BaseProducer<DeliveryCounter>, limit: Duration) -> bool {
+    let limit_ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the pointer is the producer's own, alive for as long as it is borrowed,
     // and librdkafka allows rd_kafka_flush from any thread.
     let code = unsafe { rd_kafka_flush(producer.client().native_ptr(), limit_ms) };
@@ -262,6 +293,7 @@ impl ProducerContext for DeliveryCounter {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.last_error.answered();
             }
             Err((error, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +310,9 @@ struct Publisher {
     /// Results the producer took; each ends up delivered or failed in its context.
     queued: AtomicU64,
     dropped: AtomicU64,
+    /// Drops are logged once per throttle window, by kind: one line per check would
+    /// flood the log for as long as Kafka is away.
+    drop_log: Mutex<Throttle<String>>,
     progress: Progress,
 }
 
@@ -337,12 +372,19 @@ impl Publisher {
             return;
         };
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        if lock(&self.drop_log).admit(kind, Instant::now()).is_none() {
+            return;
+        }
         match error {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => log::error!(
                 "producer queue full (Kafka unreachable?): dropped the result for {} ({dropped} dropped so far)",
                 result.target
             ),
-            error => log::error!("could not queue the result for {}: {error}", result.target),
+            error => log::error!(
+                "could not queue the result for {}: {error} ({dropped} dropped so far)",
+                result.target
+            ),
         }
     }
 }

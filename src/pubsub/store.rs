@@ -1,14 +1,17 @@
 //! PostgreSQL side of `sub`: table names, migrations, and the batch transaction
 //! that writes rows, rejected payloads and consumed offsets together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+
+use chrono::{DateTime, Utc};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
 use super::message::{CheckResult, ErrorKind};
+use crate::error::UsageError;
 
 /// Longest table name accepted, leaving room for the suffixes of derived names.
 const MAX_NAME: usize = 40;
@@ -74,19 +77,35 @@ impl fmt::Display for TableName {
     }
 }
 
+/// Where a message came from, and what it held, so that a row PostgreSQL refuses can
+/// still be kept as the message itself.
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// None for a tombstone.
+    pub payload: Option<Vec<u8>>,
+}
+
 /// A message accepted into the results table.
 pub struct AcceptedRow {
     pub check: CheckResult,
-    pub partition: i32,
-    pub offset: i64,
+    pub origin: Origin,
 }
 
 /// A payload that could not be accepted, kept for inspection.
 pub struct RejectedRow {
-    pub payload: Vec<u8>,
+    pub origin: Origin,
     pub reason: String,
-    pub partition: i32,
-    pub offset: i64,
+}
+
+impl AcceptedRow {
+    fn rejected(self, reason: String) -> RejectedRow {
+        RejectedRow {
+            origin: self.origin,
+            reason,
+        }
+    }
 }
 
 /// Rows consumed since the last commit and, per partition, the next offset to consume.
@@ -112,8 +131,52 @@ impl Batch {
 pub enum CommitError {
     #[error("partition {partition}'s stored offset moved: another consumer owns it now")]
     Fenced { partition: i32 },
-    #[error(transparent)]
-    Database(#[from] postgres::Error),
+    /// PostgreSQL refused some row's data; [`commit_sorting_out`] finds which.
+    #[error("{}", describe(.0))]
+    Refused(postgres::Error),
+    #[error("{}", describe(.0))]
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for CommitError {
+    fn from(error: postgres::Error) -> CommitError {
+        if refuses_data(&error) {
+            CommitError::Refused(error)
+        } else {
+            CommitError::Database(error)
+        }
+    }
+}
+
+/// Whether PostgreSQL refused the values themselves, so that retrying the same rows
+/// can never succeed: data exceptions (22: a NUL in text, a value out of range),
+/// integrity violations (23: a duplicate, a CHECK of the user's own) and program
+/// limits (54: an index row too large for a very long target).
+fn refuses_data(error: &postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| ["22", "23", "54"].contains(&&code.code()[..2]))
+}
+
+/// PostgreSQL's message with its detail, hint and where it happened, on one line;
+/// the postgres crate's own Display says only "db error".
+pub fn describe(error: &postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return crate::pubsub::pgconn::error_chain(error);
+    };
+    let mut text = format!("{} ({})", db.message(), db.code().code());
+    for (label, part) in [
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+        ("where", db.where_()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ] {
+        if let Some(part) = part {
+            text.push_str(&format!("; {label}: {part}"));
+        }
+    }
+    crate::error::one_line(&text)
 }
 
 /// Ordered schema changes; each runs once per table, recorded in `<table>_migrations`.
@@ -175,18 +238,76 @@ fn migrations(table: &TableName) -> Vec<(i32, &'static str, String)> {
                  ADD COLUMN IF NOT EXISTS schedule_lag_ms double precision"
             ),
         ),
+        (
+            3,
+            "one row per result id, and the Kafka key of rejected payloads",
+            // Results stored twice before ids were unique move to the rejected table,
+            // whole, so that the index can be built and no row is lost.
+            format!(
+                "ALTER TABLE {rejected} ADD COLUMN IF NOT EXISTS kafka_key bytea;
+                 WITH repeated AS (
+                     DELETE FROM {table} WHERE ctid IN (
+                         SELECT ctid FROM (
+                             SELECT ctid, row_number() OVER (
+                                 PARTITION BY id, checked_at
+                                 ORDER BY kafka_partition, kafka_offset) AS copy
+                             FROM {table}) numbered
+                         WHERE copy > 1)
+                     RETURNING *)
+                 INSERT INTO {rejected} (payload, reason, kafka_partition, kafka_offset)
+                 SELECT convert_to(row_to_json(r)::text, 'UTF8'), '{DUPLICATE} (moved here by the upgrade to schema version 3)',
+                        kafka_partition, kafka_offset
+                 FROM repeated r;
+                 CREATE UNIQUE INDEX IF NOT EXISTS {id_time} ON {table} (id, checked_at);",
+                id_time = table.index_name("id_time"),
+            ),
+        ),
     ]
 }
 
+/// The reason given for a result whose id is already stored.
+const DUPLICATE: &str = "duplicate: a result with this id and checked_at is already stored";
+
 /// Brings the schema up to date. The advisory lock makes concurrent starts safe: the
-/// second process waits, then finds nothing left to do.
-pub fn migrate(client: &mut Client, table: &TableName) -> Result<(), postgres::Error> {
+/// second process waits, then finds nothing left to do. A schema already current
+/// needs no DDL, so sub can then run with row privileges only. A table that exists
+/// without a ledger is someone else's and is left alone (a usage error).
+pub fn migrate(client: &mut Client, table: &TableName) -> anyhow::Result<()> {
     let ledger = table.with_suffix("_migrations");
+    let steps = migrations(table);
+    let latest = steps.last().map_or(0, |(version, _, _)| *version);
     let mut tx = client.transaction()?;
+    // "relation ... already exists, skipping" and the like tell a user nothing.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('metrics-flow migrate ' || $1))",
         &[&table.plain()],
     )?;
+    let found = tx.query_one(
+        "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+        &[&table.to_string(), &ledger.to_string()],
+    )?;
+    let (has_table, has_ledger): (bool, bool) = (found.get(0), found.get(1));
+    if has_table && !has_ledger {
+        return Err(UsageError::new(format!(
+            "--table (POSTGRESQL_TABLE): {table} exists but has no {ledger}, so metrics-flow did not create it; sub leaves it alone: choose another --table"
+        ))
+        .into());
+    }
+    let applied: i32 = if has_ledger {
+        let sql = format!("SELECT coalesce(max(version), 0) FROM {ledger}");
+        tx.query_one(&sql, &[])?.get(0)
+    } else {
+        0
+    };
+    if applied > latest {
+        anyhow::bail!(
+            "{table} is at schema version {applied}, newer than this metrics-flow knows ({latest}): run a newer release"
+        );
+    }
+    if applied == latest {
+        return Ok(());
+    }
     if let Some(schema) = &table.schema {
         tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
     }
@@ -196,13 +317,7 @@ pub fn migrate(client: &mut Client, table: &TableName) -> Result<(), postgres::E
              description text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now())"
     ))?;
-    let applied: i32 = tx
-        .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {ledger}"),
-            &[],
-        )?
-        .get(0);
-    for (version, description, sql) in migrations(table) {
+    for (version, description, sql) in steps {
         if version <= applied {
             continue;
         }
@@ -213,7 +328,8 @@ pub fn migrate(client: &mut Client, table: &TableName) -> Result<(), postgres::E
             &[&version, &description],
         )?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(())
 }
 
 /// The next offset stored for each of `partitions` that has one.
@@ -247,13 +363,123 @@ pub fn commit_batch(
     let mut tx = client.transaction()?;
     copy_accepted(&mut tx, table, &batch.accepted)?;
     copy_rejected(&mut tx, table, &batch.rejected)?;
+    advance_offsets(&mut tx, table, topic, batch, expected)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Commits a batch that PostgreSQL refused as a whole (see [`CommitError::Refused`]):
+/// results already stored, or repeated within the batch, are rejected as duplicates
+/// in one lookup; then the rest is copied half by half, inside savepoints, until each
+/// row PostgreSQL refuses stands alone and is rejected with PostgreSQL's reason. It
+/// all commits in one transaction with the offsets, as a batch does. Returns the
+/// batch as committed.
+pub fn commit_sorting_out(
+    client: &mut Client,
+    table: &TableName,
+    topic: &str,
+    batch: Batch,
+    expected: &BTreeMap<i32, Option<i64>>,
+) -> Result<Batch, CommitError> {
+    let Batch {
+        accepted,
+        mut rejected,
+        next_offsets,
+    } = batch;
+    let mut tx = client.transaction()?;
+    let fresh = reject_duplicates(&mut tx, table, accepted, &mut rejected)?;
+    let accepted = copy_bisecting(&mut tx, table, fresh, &mut rejected)?;
+    rejected.sort_by_key(|row| (row.origin.partition, row.origin.offset));
+    copy_rejected(&mut tx, table, &rejected)?;
+    let batch = Batch {
+        accepted,
+        rejected,
+        next_offsets,
+    };
+    advance_offsets(&mut tx, table, topic, &batch, expected)?;
+    tx.commit()?;
+    Ok(batch)
+}
+
+/// The rows whose (id, checked_at) is neither stored already nor earlier in `rows`;
+/// the others are moved to `rejected`.
+fn reject_duplicates(
+    tx: &mut postgres::Transaction<'_>,
+    table: &TableName,
+    rows: Vec<AcceptedRow>,
+    rejected: &mut Vec<RejectedRow>,
+) -> Result<Vec<AcceptedRow>, postgres::Error> {
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.check.id).collect();
+    let stored = tx.query(
+        &format!("SELECT id, checked_at FROM {table} WHERE id = ANY($1)"),
+        &[&ids],
+    )?;
+    let mut seen: HashSet<(uuid::Uuid, DateTime<Utc>)> =
+        stored.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mut fresh = Vec::with_capacity(rows.len());
+    for row in rows {
+        if seen.insert((row.check.id, row.check.checked_at)) {
+            fresh.push(row);
+        } else {
+            rejected.push(row.rejected(DUPLICATE.to_owned()));
+        }
+    }
+    Ok(fresh)
+}
+
+/// Copies `rows`; if PostgreSQL refuses their data, copies each half on its own, down
+/// to single rows, which are then rejected with PostgreSQL's reason. Each attempt runs
+/// in a savepoint, so a refused one leaves the transaction usable. Returns the rows
+/// stored.
+fn copy_bisecting(
+    tx: &mut postgres::Transaction<'_>,
+    table: &TableName,
+    mut rows: Vec<AcceptedRow>,
+    rejected: &mut Vec<RejectedRow>,
+) -> Result<Vec<AcceptedRow>, postgres::Error> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let mut attempt = tx.savepoint("metrics_flow_bisect")?;
+    let error = match copy_accepted(&mut attempt, table, &rows) {
+        Ok(()) => {
+            attempt.commit()?;
+            return Ok(rows);
+        }
+        Err(error) if refuses_data(&error) => error,
+        Err(error) => return Err(error),
+    };
+    attempt.rollback()?;
+    if rows.len() == 1 {
+        let row = rows.pop().expect("one row");
+        log::warn!(
+            "partition {} offset {} rejected by PostgreSQL: {}",
+            row.origin.partition,
+            row.origin.offset,
+            describe(&error)
+        );
+        rejected.push(row.rejected(describe(&error)));
+        return Ok(rows);
+    }
+    let second = rows.split_off(rows.len() / 2);
+    let mut stored = copy_bisecting(tx, table, rows, rejected)?;
+    stored.extend(copy_bisecting(tx, table, second, rejected)?);
+    Ok(stored)
+}
+
+fn advance_offsets(
+    tx: &mut postgres::Transaction<'_>,
+    table: &TableName,
+    topic: &str,
+    batch: &Batch,
+    expected: &BTreeMap<i32, Option<i64>>,
+) -> Result<(), CommitError> {
     for (&partition, &next) in &batch.next_offsets {
         let previous = expected.get(&partition).copied().flatten();
-        if advance_offset(&mut tx, table, topic, partition, previous, next)? != 1 {
+        if advance_offset(tx, table, topic, partition, previous, next)? != 1 {
             return Err(CommitError::Fenced { partition });
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -346,8 +572,8 @@ fn copy_accepted(
             &check.error_text,
             &check.pattern,
             &check.pattern_found,
-            &row.partition,
-            &row.offset,
+            &row.origin.partition,
+            &row.origin.offset,
             &details.dns_ms,
             &details.connect_ms,
             &details.tls_ms,
@@ -376,12 +602,19 @@ fn copy_rejected(
     }
     let rejected = table.with_suffix("_rejected");
     let sink = tx.copy_in(&format!(
-        "COPY {rejected} (payload, reason, kafka_partition, kafka_offset) FROM STDIN (FORMAT binary)"
+        "COPY {rejected} (payload, reason, kafka_partition, kafka_offset, kafka_key) FROM STDIN (FORMAT binary)"
     ))?;
-    let mut writer =
-        BinaryCopyInWriter::new(sink, &[Type::BYTEA, Type::TEXT, Type::INT4, Type::INT8]);
+    let types = [Type::BYTEA, Type::TEXT, Type::INT4, Type::INT8, Type::BYTEA];
+    let mut writer = BinaryCopyInWriter::new(sink, &types);
     for row in rows {
-        writer.write(&[&row.payload, &row.reason, &row.partition, &row.offset])?;
+        let origin = &row.origin;
+        writer.write(&[
+            &origin.payload,
+            &row.reason,
+            &origin.partition,
+            &origin.offset,
+            &origin.key,
+        ])?;
     }
     writer.finish()?;
     Ok(())
@@ -417,8 +650,12 @@ mod tests {
                     pattern_found: None,
                     details: Details::default(),
                 },
-                partition,
-                offset,
+                origin: Origin {
+                    partition,
+                    offset,
+                    key: None,
+                    payload: None,
+                },
             })
             .collect();
         Batch {

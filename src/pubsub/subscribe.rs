@@ -15,12 +15,16 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::kafka;
 use super::message::CheckResult;
 use super::pgconn::PgTarget;
-use super::store::{self, AcceptedRow, Batch, CommitError, RejectedRow, TableName};
+use super::store::{self, AcceptedRow, Batch, CommitError, Origin, RejectedRow, TableName};
 use crate::cli::SubArgs;
-use crate::shutdown::{retry_until, Shutdown};
+use crate::shutdown::{retry_until, retry_while_running, Shutdown};
 use crate::sync::lock;
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How long a batch PostgreSQL failed for no reason of its data waits to be retried.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long a consumer holds no partitions before it says why it waits.
+const WAITING_NOTICE_AFTER: Duration = Duration::from_secs(3);
 /// How long a consumer may hold no partitions before its group membership is checked.
 const MEMBERSHIP_GRACE: Duration = Duration::from_secs(30);
 
@@ -43,7 +47,6 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         pg,
         table: args.table.clone(),
         topic: args.kafka.topic.clone(),
-        connect_deadline: args.kafka.connect_deadline,
         shutdown: shutdown.clone(),
         batch: Batch::default(),
         batch_started: None,
@@ -53,6 +56,15 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         fatal: None,
     };
     let sink = Arc::new(Mutex::new(sink));
+    let in_hand = Arc::clone(&sink);
+    // The signal thread must not wait for a sink busy writing or reconnecting.
+    shutdown.on_forced_exit(move || match in_hand.try_lock() {
+        Ok(sink) => format!(
+            "a batch of {} message(s), which the next start reads again",
+            sink.batch.len()
+        ),
+        Err(_) => "the batch being written, which the next start reads again".to_owned(),
+    });
     let result = loop {
         let membership = Membership::new(&args.group);
         let consumer = join_group(&kafka_config, &membership, &sink, &args, &shutdown)?;
@@ -125,6 +137,7 @@ struct Membership {
     group: String,
     unassigned_since: Option<Instant>,
     last_check: Option<Instant>,
+    said_why_waiting: bool,
 }
 
 impl Membership {
@@ -140,7 +153,28 @@ impl Membership {
             group: group.to_owned(),
             unassigned_since: None,
             last_check: None,
+            said_why_waiting: false,
         }
+    }
+
+    /// Once per stretch without partitions, after WAITING_NOTICE_AFTER: a restarted
+    /// consumer can wait that long for a member that died without leaving the group.
+    fn say_why_waiting(&mut self, assigned: bool, args: &SubArgs) {
+        if assigned {
+            self.said_why_waiting = false;
+            return;
+        }
+        let since = *self.unassigned_since.get_or_insert_with(Instant::now);
+        if self.said_why_waiting || since.elapsed() < WAITING_NOTICE_AFTER {
+            return;
+        }
+        self.said_why_waiting = true;
+        log::info!(
+            "waiting for partitions of {} from group {}: the group is rebalancing, and a member that stopped without leaving (killed, say) keeps its partitions until its session times out, within {} s (--session-timeout)",
+            args.kafka.topic,
+            self.group,
+            args.session_timeout.as_secs_f64()
+        );
     }
 
     fn lost(&mut self, consumer: &BaseConsumer<SinkContext>, assigned: bool, topic: &str) -> bool {
@@ -188,8 +222,12 @@ fn consume(
         let wait = consumer.context().sink().time_left(args.batch_age);
         match consumer.poll(wait.min(Duration::from_millis(100))) {
             None => {}
-            Some(Ok(message)) => consumer.context().sink().accept(&message),
+            Some(Ok(message)) => {
+                consumer.context().last_error.answered();
+                consumer.context().sink().accept(&message);
+            }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
+                consumer.context().last_error.answered();
                 consumer.context().sink().at_end.insert(partition);
             }
             Some(Err(KafkaError::MessageConsumption(
@@ -200,7 +238,7 @@ fn consume(
                     args.kafka.topic
                 );
             }
-            Some(Err(error)) => log::warn!("Kafka: {error}"),
+            Some(Err(error)) => consumer.context().last_error.error(&error, ""),
         }
         let mut sink = consumer.context().sink();
         if let Some(fatal) = sink.fatal.take() {
@@ -224,6 +262,7 @@ fn consume(
         }
         let assigned = !sink.expected.is_empty();
         drop(sink);
+        membership.say_why_waiting(assigned, args);
         if membership.lost(consumer, assigned, &args.kafka.topic) {
             return Ok(Ended::LeftGroup);
         }
@@ -233,6 +272,7 @@ fn consume(
 
 fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut config = kafka::client_config(&args.kafka)?;
+    let session_ms = args.session_timeout.as_millis();
     config
         .set("group.id", &args.group)
         // Kafka's committed offsets are a courtesy for lag tools; the truth is in PostgreSQL.
@@ -240,6 +280,13 @@ fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        // Kafka's default of 45 s is how long a restarted sub waits for the partitions
+        // of one that was killed; brokers accept 6 to 300 s unless configured otherwise.
+        .set("session.timeout.ms", session_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (session_ms / 3).min(3000).to_string(),
+        )
         // librdkafka prefetches up to 64 MiB by default; a quarter of that keeps
         // several batches in hand and the process small.
         .set("queued.max.messages.kbytes", "16384")
@@ -345,7 +392,6 @@ struct Sink {
     pg: PgTarget,
     table: TableName,
     topic: String,
-    connect_deadline: Duration,
     shutdown: Shutdown,
     batch: Batch,
     batch_started: Option<Instant>,
@@ -386,20 +432,19 @@ impl Sink {
             ),
             _ => {}
         }
-        let payload = message.payload().unwrap_or_default();
-        match CheckResult::decode(payload) {
-            Ok(check) => self.batch.accepted.push(AcceptedRow {
-                check,
-                partition,
-                offset,
-            }),
+        let origin = Origin {
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        };
+        match CheckResult::decode(origin.payload.as_deref()) {
+            Ok(check) => self.batch.accepted.push(AcceptedRow { check, origin }),
             Err(reason) => {
                 log::warn!("partition {partition} offset {offset} rejected: {reason}");
                 self.batch.rejected.push(RejectedRow {
-                    payload: payload.to_vec(),
+                    origin,
                     reason: reason.to_string(),
-                    partition,
-                    offset,
                 });
             }
         }
@@ -408,43 +453,86 @@ impl Sink {
         self.at_end.remove(&partition);
     }
 
-    /// Commits the batch in PostgreSQL, then tells Kafka. On a lost connection or a
-    /// fence, the batch is dropped and consumption restarts from the stored offsets.
+    /// Commits the batch in PostgreSQL, then tells Kafka. A batch PostgreSQL refuses
+    /// for its data is sorted out row by row. On a lost connection or a fence, the
+    /// batch is dropped and consumption restarts from the stored offsets.
     fn flush(&mut self, consumer: &BaseConsumer<SinkContext>) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_started = None;
-        match store::commit_batch(
+        let committed = match store::commit_batch(
             &mut self.client,
             &self.table,
             &self.topic,
             &batch,
             &self.expected,
         ) {
-            Ok(()) => {
-                self.totals.rows += batch.accepted.len() as u64;
-                self.totals.rejected += batch.rejected.len() as u64;
-                for (&partition, &next) in &batch.next_offsets {
-                    self.expected.insert(partition, Some(next));
-                }
-                self.commit_to_kafka(consumer, &batch.next_offsets);
+            Ok(()) => Ok(batch),
+            Err(CommitError::Refused(error)) => {
+                log::warn!(
+                    "PostgreSQL refused a batch of {}: {}; finding the message(s) it refuses",
+                    batch.len(),
+                    store::describe(&error)
+                );
+                store::commit_sorting_out(
+                    &mut self.client,
+                    &self.table,
+                    &self.topic,
+                    batch,
+                    &self.expected,
+                )
+            }
+            Err(other) => Err(other),
+        };
+        match committed {
+            Ok(batch) => {
+                self.committed(consumer, &batch);
                 Ok(())
             }
             Err(CommitError::Fenced { partition }) => {
                 log::warn!("partition {partition} was taken over; re-reading from stored offsets");
                 self.rewind(consumer)
             }
-            Err(CommitError::Database(error)) => {
-                log::error!(
-                    "writing a batch of {} failed: {error}; rolling back",
-                    batch.len()
-                );
-                self.reconnect()?;
-                self.rewind(consumer)
+            Err(CommitError::Refused(error) | CommitError::Database(error)) => {
+                self.recover(consumer, &error)
             }
         }
+    }
+
+    fn committed(&mut self, consumer: &BaseConsumer<SinkContext>, batch: &Batch) {
+        self.totals.rows += batch.accepted.len() as u64;
+        self.totals.rejected += batch.rejected.len() as u64;
+        for (&partition, &next) in &batch.next_offsets {
+            self.expected.insert(partition, Some(next));
+        }
+        self.commit_to_kafka(consumer, &batch.next_offsets);
+    }
+
+    /// After a failed batch: waits for PostgreSQL if the connection is gone, gives up
+    /// on errors no retry can cure (a dropped table, a revoked privilege), and
+    /// otherwise pauses; then re-reads from the stored offsets.
+    fn recover(
+        &mut self,
+        consumer: &BaseConsumer<SinkContext>,
+        error: &postgres::Error,
+    ) -> anyhow::Result<()> {
+        let reason = store::describe(error);
+        log::error!("writing a batch failed: {reason}; rolling back");
+        let connected =
+            !self.client.is_closed() && self.client.is_valid(Duration::from_secs(5)).is_ok();
+        if !connected {
+            self.reconnect()?;
+        } else if error
+            .code()
+            .is_some_and(|code| code.code().starts_with("42"))
+        {
+            anyhow::bail!("storing into {} failed: {reason}", self.table);
+        } else if self.shutdown.sleep(RETRY_PAUSE) {
+            return Ok(());
+        }
+        self.rewind(consumer)
     }
 
     fn commit_to_kafka(&self, consumer: &BaseConsumer<SinkContext>, next: &BTreeMap<i32, i64>) {
@@ -457,18 +545,21 @@ impl Sink {
         }
     }
 
+    /// Connects again, waiting for PostgreSQL however long it is away: the connect
+    /// deadline is for start-up only.
     fn reconnect(&mut self) -> anyhow::Result<()> {
         if !self.client.is_closed() && self.client.is_valid(Duration::from_secs(5)).is_ok() {
             return Ok(());
         }
         let pg = self.pg.clone();
-        self.client = retry_until(
-            &pg.describe(),
-            self.connect_deadline,
-            &self.shutdown,
-            || pg.connect(),
-        )?;
-        log::info!("reconnected to {}", pg.describe());
+        let (client, outage) =
+            retry_while_running(&pg.describe(), &self.shutdown, || pg.connect())?;
+        self.client = client;
+        log::info!(
+            "reconnected to {} after {:.0} s",
+            pg.describe(),
+            outage.as_secs_f64()
+        );
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! What `pub` checks: targets from flags, env and a targets file, each with its own rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +16,10 @@ use crate::error::{one_line, UsageError};
 /// One URL to check and every rule that applies to it, defaults already filled in.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The URL checked, with any password in it.
     pub url: Url,
+    /// The URL as published, logged and used as the Kafka key: see [`masked`].
+    pub shown: String,
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
@@ -46,6 +49,7 @@ impl Target {
     /// A target with every setting at its default.
     pub fn new(url: Url, defaults: &Defaults) -> Target {
         Target {
+            shown: masked(&url),
             url,
             method: "GET".to_owned(),
             headers: Vec::new(),
@@ -96,33 +100,102 @@ impl std::fmt::Display for StatusSet {
     }
 }
 
-/// Accepts absolute http(s) URLs with a host; anything else is a usage error.
+/// The most a request's head (request line and headers) may take: ureq writes it into
+/// an output buffer of this size, and a larger one cannot be sent at all.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// The longest URL accepted: it is written twice (request line and Host), and leaves
+/// room for the headers. Many servers refuse longer ones anyway (414).
+const MAX_URL_BYTES: usize = 8 * 1024;
+
+/// Accepts absolute http(s) URLs with a host that fit in a request; anything else is a
+/// usage error. A password in the URL is masked in the error.
 pub fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| format!("invalid URL '{text}': {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
+    let text = text.trim();
+    if text.len() > MAX_URL_BYTES {
+        let start: String = mask_text(text).chars().take(60).collect();
         return Err(format!(
-            "invalid URL '{text}': only http and https are checked"
+            "URL too long: {} bytes, at most {MAX_URL_BYTES} ('{start}...')",
+            text.len()
         ));
     }
+    let invalid = |why: &dyn std::fmt::Display| format!("invalid URL '{}': {why}", mask_text(text));
+    let url = Url::parse(text).map_err(|e| invalid(&e))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(&"only http and https are checked"));
+    }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("invalid URL '{text}': no host"));
+        return Err(invalid(&"no host"));
     }
     Ok(url)
 }
 
+/// The URL as it may be shown: a password in it becomes `***`, so that
+/// `https://user:pass@host/` reads `https://user:***@host/`. Only the URL checked
+/// keeps the password.
+pub fn masked(url: &Url) -> String {
+    if url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Cannot fail: the URL already has a password, hence a host.
+    let _ = shown.set_password(Some("***"));
+    shown.to_string()
+}
+
+/// `text` with the password of a URL in it replaced by `***`, for messages about
+/// URLs that may not even parse.
+pub fn mask_text(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let start = scheme_end + 3;
+    let rest = &text[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return text.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &text[..start],
+        &authority[..colon],
+        &text[start + at..]
+    )
+}
+
 /// Every target from the flags and the targets file, narrowed to this process's shard.
+/// A URL given twice is refused: it would be checked twice a round under one key.
 pub fn load(
-    urls: &[Url],
+    urls: &[String],
     file: Option<&Path>,
     shard: Option<Shard>,
     defaults: &Defaults,
 ) -> Result<Vec<Target>, UsageError> {
-    let mut targets: Vec<Target> = urls
-        .iter()
-        .map(|url| Target::new(url.clone(), defaults))
-        .collect();
+    let mut targets: Vec<Target> = Vec::with_capacity(urls.len());
+    for text in urls {
+        let url =
+            parse_url(text).map_err(|e| UsageError::new(format!("--target (TARGET): {e}")))?;
+        if targets.iter().any(|t| t.url == url) {
+            return Err(UsageError::new(format!(
+                "--target (TARGET): '{}' is given twice",
+                masked(&url)
+            )));
+        }
+        targets.push(Target::new(url, defaults));
+    }
     if let Some(file) = file {
-        targets.extend(load_file(file, defaults)?);
+        for target in load_file(file, defaults)? {
+            if targets.iter().any(|t| t.url == target.url) {
+                return Err(UsageError::new(format!(
+                    "{}: '{}' is also given with --target (TARGET)",
+                    file.display(),
+                    target.shown
+                )));
+            }
+            targets.push(target);
+        }
     }
     if let Some(shard) = shard {
         targets.retain(|target| in_shard(&target.url, shard));
@@ -145,13 +218,27 @@ pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageE
     } else {
         from_plain(text, defaults)
     };
-    loaded.map_err(|problem| {
+    loaded.and_then(refuse_repeated_urls).map_err(|problem| {
         let message = match problem.line {
             Some(line) => format!("{}:{line}: {}", path.display(), problem.text),
             None => format!("{}: {}", path.display(), problem.text),
         };
         UsageError::new(one_line(&message))
     })
+}
+
+/// The targets of a file, each written once, without their lines.
+fn refuse_repeated_urls(lined: Vec<(usize, Target)>) -> Result<Vec<Target>, Problem> {
+    let mut first_lines: HashMap<&Url, usize> = HashMap::with_capacity(lined.len());
+    for (line, target) in &lined {
+        if let Some(first) = first_lines.insert(&target.url, *line) {
+            return Err(Problem::at(
+                *line,
+                format!("'{}' is already on line {first}", target.shown),
+            ));
+        }
+    }
+    Ok(lined.into_iter().map(|(_, target)| target).collect())
 }
 
 /// What is wrong in a targets file, and on which 1-based line when that is known.
@@ -169,7 +256,7 @@ impl Problem {
     }
 }
 
-fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
+fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<(usize, Target)>, Problem> {
     let mut targets = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -183,7 +270,7 @@ fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
         if !pattern.is_empty() {
             target.pattern = Some(parse_regex(pattern).map_err(|e| Problem::at(index + 1, e))?);
         }
-        targets.push(target);
+        targets.push((index + 1, target));
     }
     Ok(targets)
 }
@@ -214,7 +301,7 @@ struct TomlTarget {
     ca_file: Option<Spanned<String>>,
 }
 
-fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<Target>, Problem> {
+fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<(usize, Target)>, Problem> {
     let file: TomlFile = toml::from_str(text).map_err(|e| Problem {
         line: e.span().map(|span| line_of(text, span.start)),
         text: e
@@ -226,7 +313,10 @@ fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<Target>,
     })?;
     file.target
         .into_iter()
-        .map(|entry| toml_target(entry, text, dir, defaults))
+        .map(|entry| {
+            let line = line_of(text, entry.url.span().start);
+            toml_target(entry, text, dir, defaults).map(|target| (line, target))
+        })
         .collect()
 }
 
@@ -259,6 +349,15 @@ fn toml_target(
     }
     if let Some(seconds) = entry.interval {
         target.interval = parse_at(text, &seconds, |&s| seconds_of("interval", s))?;
+    }
+    let head = request_head_estimate(&target);
+    if head > MAX_REQUEST_HEAD {
+        return Err(Problem::at(
+            line_of(text, entry.url.span().start),
+            format!(
+                "the request would take about {head} bytes with its URL and headers, more than the {MAX_REQUEST_HEAD} pub can send"
+            ),
+        ));
     }
     target.follow_redirects = entry.follow_redirects.unwrap_or(target.follow_redirects);
     target.max_redirects = entry.max_redirects.unwrap_or(target.max_redirects);
@@ -365,12 +464,19 @@ fn status_code(text: &str) -> Result<u16, String> {
 }
 
 fn seconds_of(key: &str, seconds: f64) -> Result<Duration, String> {
-    match Duration::try_from_secs_f64(seconds) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        _ => Err(format!(
-            "invalid {key} {seconds}: expected a positive number of seconds"
-        )),
-    }
+    crate::seconds::from_number(seconds).map_err(|why| format!("invalid {key}: {why}"))
+}
+
+/// About how many bytes the request line and headers take: the URL is sent twice
+/// (path and Host), and ureq adds its own headers (User-Agent, Accept, an
+/// Authorization for a password in the URL) within the last term.
+fn request_head_estimate(target: &Target) -> usize {
+    let headers: usize = target
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    target.method.len() + 2 * target.url.as_str().len() + headers + 1024
 }
 
 /// Checked at load time, so that a typo fails the start instead of every later check.
@@ -699,9 +805,11 @@ expect_status = 204
         let tail = error_at("checks.toml", &toml(r#"headers = { X = "a\r\nY: b" }"#), 3);
         assert_eq!(tail, "invalid value for header 'X': control character");
         let tail = error_at("checks.toml", &toml("timeout = 0"), 3);
+        assert_eq!(tail, "invalid timeout: 0 s is not between 0.1 s and a year");
+        let tail = error_at("checks.toml", &toml("interval = 1e9"), 3);
         assert_eq!(
             tail,
-            "invalid timeout 0: expected a positive number of seconds"
+            "invalid interval: 1000000000 s is not between 0.1 s and a year"
         );
         error_at("checks.toml", &toml("interval = -1"), 3);
         error_at("checks.toml", &toml("max_redirects = -1"), 3);
@@ -812,6 +920,54 @@ expect_status = 204
             parse_shard("4/3").unwrap_err(),
             "'4/3' is not a shard: K must be between 1 and N"
         );
+    }
+
+    #[test]
+    fn a_url_twice_in_a_file_names_both_lines() {
+        let toml =
+            "[[target]]\nurl = \"http://a.example/\"\n\n[[target]]\nurl = \"http://a.example\"\n";
+        let tail = error_at("checks.toml", toml, 5);
+        assert_eq!(tail, "'http://a.example/' is already on line 2");
+        let tail = error_at(
+            "t.txt",
+            "# x\nhttp://a.example/ one\nhttp://a.example/ two\n",
+            3,
+        );
+        assert_eq!(tail, "'http://a.example/' is already on line 2");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked_wherever_a_url_is_shown() {
+        let url = Url::parse("https://user:s3cret@example.com:8443/p?q=1").unwrap();
+        assert_eq!(masked(&url), "https://user:***@example.com:8443/p?q=1");
+        assert_eq!(url.password(), Some("s3cret"), "the URL checked keeps it");
+        let no_password = Url::parse("https://user@example.com/").unwrap();
+        assert_eq!(masked(&no_password), "https://user@example.com/");
+        assert_eq!(
+            mask_text("ftp://user:s3cret@example.com/a@b"),
+            "ftp://user:***@example.com/a@b"
+        );
+        assert_eq!(mask_text("not a url: a:b@c"), "not a url: a:b@c");
+        let error = parse_url("ftp://user:s3cret@example.com/").unwrap_err();
+        assert!(
+            !error.contains("s3cret") && error.contains("user:***@"),
+            "{error}"
+        );
+        let target = Target::new(url, &defaults());
+        assert_eq!(target.shown, "https://user:***@example.com:8443/p?q=1");
+    }
+
+    #[test]
+    fn requests_that_cannot_be_sent_are_refused_at_load() {
+        let long = format!("http://a.example/{}", "x".repeat(MAX_URL_BYTES));
+        let error = parse_url(&long).unwrap_err();
+        assert!(error.starts_with("URL too long: "), "{error}");
+        assert!(error.len() < 200, "{error}");
+        let header = "v".repeat(MAX_REQUEST_HEAD);
+        let toml =
+            format!("[[target]]\nurl = \"http://a.example/\"\nheaders = {{ X = \"{header}\" }}\n");
+        let tail = error_at("checks.toml", &toml, 2);
+        assert!(tail.contains("more than the 16384"), "{tail}");
     }
 
     #[test]

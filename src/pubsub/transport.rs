@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use openssl::asn1::Asn1Time;
 use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslStream, SslVerifyMode};
-use openssl::x509::X509Ref;
+use openssl::x509::{X509Ref, X509VerifyResult};
 use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -204,17 +204,29 @@ fn tls_setup_error(error: openssl::error::ErrorStack) -> Error {
 /// A handshake that failed on the socket keeps its transport error (timeout, reset);
 /// one that failed in TLS itself becomes a TLS error, with OpenSSL's reason recorded.
 fn handshake_error(error: HandshakeError<TransportAdapter>) -> Error {
-    let failure = match error {
+    let (failure, verify_result) = match error {
         HandshakeError::SetupFailure(stack) => return tls_setup_error(stack),
-        HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => mid.into_error(),
+        HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
+            let verify_result = mid.ssl().verify_result();
+            (mid.into_error(), verify_result)
+        }
     };
     let failure = match failure.into_io_error() {
         Ok(io_error) => return Error::from(io_error),
         Err(failure) => failure,
     };
-    let reason = match failure.ssl_error() {
-        Some(stack) => stack.to_string(),
-        None => failure.to_string(),
+    // OpenSSL's error stack says only "certificate verify failed" and where in its
+    // sources; the verify result says why: expired, hostname mismatch, unknown issuer.
+    let reason = if verify_result != X509VerifyResult::OK {
+        format!(
+            "certificate verify failed: {}",
+            verify_result.error_string()
+        )
+    } else {
+        match failure.ssl_error() {
+            Some(stack) => stack.to_string(),
+            None => failure.to_string(),
+        }
     };
     record_tls_failure(reason);
     Error::Tls("TLS handshake failed")
