@@ -261,7 +261,12 @@ fn bodies_are_capped_after_decoding_and_a_body_of_exactly_the_cap_is_fine() {
         Some("all is well, said the compressed body".len() as i64),
         "body_bytes is the decoded size"
     );
-    assert_eq!(rows[&brotli].pattern_found, Some(true), "{:?}", rows[&brotli]);
+    assert_eq!(
+        rows[&brotli].pattern_found,
+        Some(true),
+        "{:?}",
+        rows[&brotli]
+    );
     assert_eq!(
         sizes[&brotli],
         Some("all is well, said the brotli body".len() as i64)
