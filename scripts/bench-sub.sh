@@ -40,8 +40,9 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 stack_env=$(bash scripts/stack.sh start)
 eval "$stack_env"
-cargo build --release --locked
+cargo build --release --locked --bin metrics-flow --example produce_checks
 bin=${CARGO_TARGET_DIR:-target}/release/metrics-flow
+producer=${CARGO_TARGET_DIR:-target}/release/examples/produce_checks
 
 work=$(mktemp -d)
 site_pid=
@@ -66,39 +67,8 @@ bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$KAFKA_BROKER" --create --topic "$topic" \
     --partitions "$PARTITIONS" --replication-factor 1 >/dev/null
 
-log "generating $N messages"
-python3 - "$N" >"$work/messages.txt" <<'EOF'
-import json, random, sys, uuid
-from datetime import datetime, timedelta, timezone
-
-n = int(sys.argv[1])
-start = datetime.now(timezone.utc) - timedelta(hours=1)
-out = sys.stdout
-for i in range(n):
-    target = f"https://site{i % 50}.example.test/health"
-    ok = i % 9 != 0
-    message = {
-        "v": 1,
-        "id": str(uuid.uuid4()),
-        "checked_at": (start + timedelta(milliseconds=i)).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        "target": target,
-        "ok": ok,
-        "http_status": 200 if ok else 503,
-        "latency_ms": round(random.uniform(2, 400), 3),
-        "error_kind": None if ok else "status",
-        "error_text": None if ok else "status 503 not in 200-299",
-        "pattern": "all is well",
-        "pattern_found": ok,
-    }
-    out.write(target + "\t" + json.dumps(message, separators=(",", ":")) + "\n")
-EOF
-
-log "loading them into Kafka with the console producer"
-bash scripts/stack.sh kafka-tool org.apache.kafka.tools.ConsoleProducer \
-    --bootstrap-server "$KAFKA_BROKER" --topic "$topic" \
-    --reader-property parse.key=true --reader-property key.separator=$'\t' \
-    --command-property linger.ms=50 --command-property batch.size=262144 \
-    <"$work/messages.txt"
+log "producing $N messages (examples/produce_checks.rs, the crate's own message type)"
+"$producer" "$KAFKA_BROKER" "$topic" "$N"
 
 log "sub --once on $N messages"
 started=$(now)

@@ -23,13 +23,12 @@ want_cmd() {
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 }
 
-# rdkafka (cmake build, libz, openssl features) and the openssl crate.
+# rdkafka (librdkafka built by its own configure and make, with the libz and
+# openssl features) and the openssl crate.
 want_pkg pkg-config
 want_pkg libssl-dev
 want_pkg zlib1g-dev
-want_pkg cmake
 want_pkg make
-want_pkg g++
 want_pkg build-essential
 # scripts/stack.sh: a private PostgreSQL cluster (initdb, pg_ctl, psql), TLS
 # material (openssl CLI) and Kafka run from Maven Central jars (java, mvn).

@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::pubsub::publish::shard;
+use crate::pubsub::publish::targets::{parse_regex, UrlArg};
+use crate::pubsub::table::TableName;
 use crate::seconds;
+use crate::secret::Secret;
 
 /// Website availability monitor: HTTP checks to Kafka, Kafka to PostgreSQL.
 #[derive(Debug, Parser)]
@@ -37,8 +41,8 @@ impl Cli {
                     args.targets = args
                         .targets
                         .iter()
-                        .flat_map(|list| list.split(','))
-                        .map(str::to_owned)
+                        .flat_map(|list| list.0.split(','))
+                        .map(|url| UrlArg(url.to_owned()))
                         .collect();
                 }
                 &mut args.kafka
@@ -139,8 +143,8 @@ pub struct KafkaArgs {
     pub sasl_username: Option<String>,
 
     /// SASL password.
-    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
-    pub sasl_password: Option<String>,
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true, value_parser = Secret::parse)]
+    pub sasl_password: Option<Secret>,
 
     /// Seconds to keep retrying an unreachable Kafka or PostgreSQL at start-up before exiting 1.
     #[arg(long, env = "CONNECT_DEADLINE", default_value = "60", value_parser = seconds::parse, allow_negative_numbers = true)]
@@ -153,8 +157,8 @@ pub struct PubArgs {
     pub kafka: KafkaArgs,
 
     /// A URL to check; repeat the flag for several. TARGET may hold several, comma-separated.
-    #[arg(long = "target", env = "TARGET", value_name = "URL")]
-    pub targets: Vec<String>,
+    #[arg(long = "target", env = "TARGET", value_name = "URL", value_parser = UrlArg::parse)]
+    pub targets: Vec<UrlArg>,
 
     /// A file of targets: plain lines (URL, optional pattern) or, if it ends in .toml,
     /// [[target]] tables with per-target settings.
@@ -162,8 +166,8 @@ pub struct PubArgs {
     pub targets_file: Option<PathBuf>,
 
     /// Check only this process's share of the targets: 1-based K of N, stable across restarts.
-    #[arg(long, env = "SHARD", value_parser = crate::pubsub::targets::parse_shard)]
-    pub shard: Option<crate::pubsub::targets::Shard>,
+    #[arg(long, env = "SHARD", value_parser = shard::parse_shard)]
+    pub shard: Option<shard::Shard>,
 
     /// Regex searched in the body of every target that has no pattern of its own.
     #[arg(long, env = "PATTERN", value_parser = parse_regex)]
@@ -223,13 +227,14 @@ pub struct SubArgs {
         long,
         env = "POSTGRESQL_DSN",
         default_value = "host=localhost user=postgres dbname=postgres",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = Secret::parse
     )]
-    pub dsn: String,
+    pub dsn: Secret,
 
     /// Results table, optionally schema-qualified.
-    #[arg(long, env = "POSTGRESQL_TABLE", default_value = "checks", value_parser = crate::pubsub::store::TableName::parse)]
-    pub table: crate::pubsub::store::TableName,
+    #[arg(long, env = "POSTGRESQL_TABLE", default_value = "checks", value_parser = TableName::parse)]
+    pub table: TableName,
 
     /// Kafka consumer group.
     #[arg(long, env = "KAFKA_GROUP", default_value = "metrics-flow")]
@@ -276,24 +281,6 @@ fn parse_millis(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
-/// A regex over bytes, so bodies that are not valid UTF-8 can still be searched.
-pub fn parse_regex(text: &str) -> Result<regex::bytes::Regex, String> {
-    regex::bytes::Regex::new(text).map_err(|e| one_line_regex_error(text, &e))
-}
-
-/// The regex crate draws a multi-line caret diagram; users get its last line only.
-pub fn one_line_regex_error(pattern: &str, error: &regex::Error) -> String {
-    let rendered = error.to_string();
-    let reason = rendered
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid")
-        .trim()
-        .trim_start_matches("error: ");
-    format!("invalid regex '{pattern}': {reason}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +311,7 @@ mod tests {
             "0.5",
         ]);
         assert_eq!(args.targets.len(), 2);
-        assert_eq!(args.targets[1].as_str(), "https://b.example/x");
+        assert_eq!(args.targets[1].0, "https://b.example/x");
         assert_eq!(args.delay, Duration::from_millis(500));
         assert_eq!(args.timeout, Duration::from_secs(10));
         assert!(args.pattern.unwrap().is_match(b"all fine"));
@@ -354,7 +341,10 @@ mod tests {
     #[test]
     fn a_target_flag_is_one_url_even_with_commas() {
         let args = pub_args(&["pub", "--target", "http://h/search?fields=id,name"]);
-        assert_eq!(args.targets, ["http://h/search?fields=id,name"]);
+        assert_eq!(
+            args.targets,
+            [UrlArg("http://h/search?fields=id,name".into())]
+        );
     }
 
     #[test]
@@ -365,13 +355,6 @@ mod tests {
         for bad in ["", ".", "..", "bad topic!", "t\u{e9}", &"t".repeat(250)] {
             assert!(parse_topic(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn regex_error_is_one_line() {
-        let err = parse_regex("a(b").unwrap_err();
-        assert_eq!(err.lines().count(), 1);
-        assert!(err.contains("unclosed group"), "{err}");
     }
 
     #[test]

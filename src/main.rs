@@ -1,19 +1,12 @@
 //! Entry point: parse the command line, set up logging and signals, run a subcommand,
 //! and turn its outcome into the documented exit status.
 
-mod cli;
-mod error;
-mod pubsub;
-mod seconds;
-mod shutdown;
-mod sync;
-mod throttle;
-
 use std::process::ExitCode;
 
-use cli::{Cli, Command};
-use error::UsageError;
-use shutdown::Shutdown;
+use metrics_flow::cli::{Cli, Command};
+use metrics_flow::error::UsageError;
+use metrics_flow::pubsub;
+use metrics_flow::shutdown::Shutdown;
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_args() {

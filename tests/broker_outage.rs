@@ -1,11 +1,9 @@
 //! pub keeps checking while Kafka is down; results wait in the producer's queue and are
-//! delivered when the broker is back, none lost. Restarts the shared test broker, so it
-//! lives in its own test binary (cargo runs test binaries one after another), and its
-//! tests take turns.
+//! delivered when the broker is back, none lost. Each test stops the broker, so it
+//! holds the stack exclusively.
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -22,16 +20,12 @@ fn outage_of_ten_checks(server: &TestServer) -> bool {
     kept_checking
 }
 
-/// The two tests here stop the same broker; one outage at a time.
-static OUTAGE: Mutex<()> = Mutex::new(());
-
 #[test]
 fn results_survive_a_broker_outage() {
-    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let server = TestServer::start();
     let topic = unique("outage");
-    let mut publisher = spawn(metrics_flow(&stack, &topic).args([
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
         "pub",
         "--delay",
         "0.2",
@@ -49,8 +43,8 @@ fn results_survive_a_broker_outage() {
     assert!(wait_until(Duration::from_secs(60), || server
         .request_count()
         >= after + 5));
-    signal(&publisher, "INT");
-    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
+    publisher.signal("INT");
+    let (status, stderr) = publisher.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "pub exited {status}:\n{stderr}");
     // Each error librdkafka reports to pub once, not twice. (Its own log lines are
     // passed on as they come, and it does write some twice in the same millisecond,
@@ -80,11 +74,10 @@ fn results_survive_a_broker_outage() {
 
 #[test]
 fn past_the_queue_bound_results_are_dropped_loudly() {
-    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let server = TestServer::start();
     let topic = unique("bound");
-    let mut publisher = spawn(metrics_flow(&stack, &topic).args([
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
         "pub",
         "--delay",
         "0.1",
@@ -97,8 +90,8 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
         .request_count()
         >= 3));
     let kept_checking = outage_of_ten_checks(&server);
-    signal(&publisher, "INT");
-    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(60));
+    publisher.signal("INT");
+    let (status, stderr) = publisher.wait_exit(Duration::from_secs(60));
     assert!(kept_checking, "pub stopped checking while Kafka was down");
     assert_eq!(
         status.code(),
@@ -129,8 +122,7 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
 
 #[test]
 fn a_stop_while_kafka_is_down_exits_1_saying_how_many_results_were_lost() {
-    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let server = TestServer::start();
     let topic = unique("lost");
     let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
@@ -171,8 +163,7 @@ fn lines_between(log: &str, from: usize, to: usize) -> Vec<String> {
 
 #[test]
 fn an_outage_is_logged_as_it_changes_not_line_by_line() {
-    let _one_outage_at_a_time = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let server = TestServer::start();
     let topic = unique("quiet");
     let publisher = Logged::spawn(metrics_flow(&stack, &topic).args([

@@ -3,23 +3,16 @@
 //! a known number of valid messages straight into a topic with several partitions and
 //! ends with exactly that many rows, each id once.
 //!
-//! The cases restart services of the stack that the whole test run uses, so they run
-//! one at a time (the `SERIAL` lock). The services are restarted with
+//! The cases that restart a service of the stack hold it exclusively
+//! ([`Stack::exclusive`]); the others share it. The services are restarted with
 //! `scripts/stack.sh` and this process's environment, which scripts/test.sh set up:
 //! the same MF_STACK_DIR, ports and MF_TLS, hence the same stack.
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Deadlines for conditions that should hold much sooner; they only stop a broken
 /// run from hanging.
@@ -121,8 +114,7 @@ fn stored_by(log: &str) -> i64 {
 
 #[test]
 fn sigkill_during_ingest_neither_loses_nor_duplicates() {
-    let _serial = serial();
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("eo_kill");
     let table = unique("eo_kill");
     const N: usize = 50_000;
@@ -160,7 +152,7 @@ fn sigkill_during_ingest_neither_loses_nor_duplicates() {
 /// Ingests 20,000 messages with `service` restarted once rows start to arrive, then
 /// 10,000 more; returns sub's log after checking the end state.
 fn restart_mid_ingest(service: &'static str, name: &str) -> String {
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let topic = unique(name);
     let table = unique(name);
     const BEFORE: usize = 20_000;
@@ -186,13 +178,11 @@ fn restart_mid_ingest(service: &'static str, name: &str) -> String {
 
 #[test]
 fn a_broker_restart_mid_ingest_loses_and_duplicates_nothing() {
-    let _serial = serial();
     restart_mid_ingest("kafka", "eo_broker");
 }
 
 #[test]
 fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
-    let _serial = serial();
     let log = restart_mid_ingest("pg", "eo_pg");
     assert!(
         log.contains("reconnected"),
@@ -202,8 +192,7 @@ fn a_database_restart_mid_ingest_loses_and_duplicates_nothing() {
 
 #[test]
 fn consumers_joining_and_leaving_a_group_share_the_work_exactly_once() {
-    let _serial = serial();
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("eo_group");
     let table = unique("eo_group");
     const CHUNK: usize = 500;
@@ -213,7 +202,7 @@ fn consumers_joining_and_leaving_a_group_share_the_work_exactly_once() {
     // Messages keep arriving, a chunk at a time, while consumers join and leave.
     produce_checks(&stack, &topic, CHUNK);
     let producing = {
-        let stack = Stack::from_env();
+        let stack = stack.clone();
         let topic = topic.clone();
         std::thread::spawn(move || {
             let mut producer = CheckProducer::new(&stack, &topic);
@@ -257,8 +246,7 @@ fn consumers_joining_and_leaving_a_group_share_the_work_exactly_once() {
 
 #[test]
 fn a_database_outage_longer_than_the_connect_deadline_is_waited_out() {
-    let _serial = serial();
-    let stack = Stack::from_env();
+    let stack = Stack::exclusive();
     let topic = unique("eo_pgdown");
     let table = unique("eo_pgdown");
     const BEFORE: usize = 20_000;
@@ -296,8 +284,7 @@ fn a_database_outage_longer_than_the_connect_deadline_is_waited_out() {
 
 #[test]
 fn a_sub_restarted_after_sigkill_says_why_it_waits_and_soon_gets_its_partitions() {
-    let _serial = serial();
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("eo_rejoin");
     let table = unique("eo_rejoin");
     const N: usize = 5_000;

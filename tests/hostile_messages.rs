@@ -78,7 +78,7 @@ fn reasons(stack: &Stack, table: &str) -> Vec<(i64, String)> {
 
 #[test]
 fn a_nul_in_any_text_field_is_rejected_with_postgres_reason_and_the_rest_is_stored() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("nul");
     let valid: Vec<Value> = (0..3).map(check_value).collect();
     let mut poisoned = Vec::new();
@@ -127,7 +127,7 @@ fn a_nul_in_any_text_field_is_rejected_with_postgres_reason_and_the_rest_is_stor
 
 #[test]
 fn a_batch_refused_for_an_unforeseen_reason_is_bisected_down_to_the_offenders() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("bisect");
     produce_values(&stack, &topic, &[check_value(0)]);
     sub_once(&stack, &topic, &topic);
@@ -162,7 +162,7 @@ fn a_batch_refused_for_an_unforeseen_reason_is_bisected_down_to_the_offenders() 
 
 #[test]
 fn the_same_id_twice_is_stored_once_and_the_copy_rejected_as_a_duplicate() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("dup");
     let original = check_value(0);
     let other = check_value(1);
@@ -207,7 +207,7 @@ fn the_same_id_twice_is_stored_once_and_the_copy_rejected_as_a_duplicate() {
 
 #[test]
 fn values_no_check_can_have_are_rejected_with_a_reason() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("absurd");
     let cases: Vec<(&str, Value, &str)> = vec![
         ("checked_at", "9999-01-01T00:00:00Z".into(), "checked_at"),
@@ -237,7 +237,7 @@ fn values_no_check_can_have_are_rejected_with_a_reason() {
 
 #[test]
 fn tombstones_and_empty_values_are_rejected_with_their_key() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("tomb");
     let valid = json(&check_value(0));
     produce_raw(

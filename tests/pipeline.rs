@@ -38,7 +38,7 @@ fn row_for(stack: &Stack, table: &str, target: &str) -> Row {
 
 #[test]
 fn checks_flow_from_pub_through_kafka_into_postgres() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("e2e");
     let table = unique("e2e");
@@ -103,7 +103,7 @@ fn checks_flow_from_pub_through_kafka_into_postgres() {
 
 #[test]
 fn poison_messages_are_rejected_and_consumption_goes_on() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("poison");
     let table = unique("poison");
@@ -170,33 +170,35 @@ fn poison_messages_are_rejected_and_consumption_goes_on() {
 
 #[test]
 fn ctrl_c_stops_both_subcommands_cleanly() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("stop");
     let table = unique("stop");
     let target = server.url("/ok");
 
-    let mut publisher =
-        spawn(metrics_flow(&stack, &topic).args(["pub", "--delay", "0.2", "--target", &target]));
+    let mut publisher = Logged::spawn(
+        metrics_flow(&stack, &topic).args(["pub", "--delay", "0.2", "--target", &target]),
+    );
     assert!(
         wait_until(Duration::from_secs(30), || server.request_count() >= 3),
         "pub never checked"
     );
-    signal(&publisher, "INT");
-    let (status, stderr) = wait_exit(&mut publisher, Duration::from_secs(20));
+    publisher.signal("INT");
+    let (status, stderr) = publisher.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "pub exited {status}: {stderr}");
     let checks = server.request_count();
 
-    let mut subscriber =
-        spawn(metrics_flow(&stack, &topic).args(["sub", "--table", &table, "--group", &topic]));
+    let mut subscriber = Logged::spawn(
+        metrics_flow(&stack, &topic).args(["sub", "--table", &table, "--group", &topic]),
+    );
     assert!(
         wait_until(Duration::from_secs(60), || stack.count(&table) as usize
             >= checks),
         "sub stored {} of {checks} rows",
         stack.count(&table)
     );
-    signal(&subscriber, "TERM");
-    let (status, stderr) = wait_exit(&mut subscriber, Duration::from_secs(20));
+    subscriber.signal("TERM");
+    let (status, stderr) = subscriber.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "sub exited {status}: {stderr}");
     assert_eq!(
         stack.count(&table) as usize,
@@ -207,7 +209,7 @@ fn ctrl_c_stops_both_subcommands_cleanly() {
 
 #[test]
 fn results_kafka_refuses_are_logged_counted_and_fail_a_one_shot_run() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("refused");
     // Each result is larger than this topic takes, so the broker rejects every batch.
@@ -238,7 +240,7 @@ fn results_kafka_refuses_are_logged_counted_and_fail_a_one_shot_run() {
 
 #[test]
 fn a_target_flag_takes_one_url_commas_and_all() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("commas");
     let with_commas = server.url("/ok?fields=id,name");

@@ -63,7 +63,7 @@ fn check_once(stack: &Stack, extra_args: &[&str], targets: &[String]) -> HashMap
 
 #[test]
 fn every_failure_is_classified_and_bounded_by_the_timeout() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let tls = TlsServer::start(30);
     let unanswered = SaturatedListener::start();
@@ -217,7 +217,7 @@ fn body_bytes(stack: &Stack, table: &str) -> HashMap<String, Option<i64>> {
 
 #[test]
 fn bodies_are_capped_after_decoding_and_a_body_of_exactly_the_cap_is_fine() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let exact = server.url("/big/1000");
     let over = server.url("/big/1001");
@@ -282,7 +282,7 @@ fn bodies_are_capped_after_decoding_and_a_body_of_exactly_the_cap_is_fine() {
 
 #[test]
 fn responses_past_the_header_limits_fail_as_protocol_with_a_clear_text() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let huge = server.url("/huge-headers");
     let many = server.url("/many-headers/200");
@@ -317,7 +317,7 @@ fn responses_past_the_header_limits_fail_as_protocol_with_a_clear_text() {
 
 #[test]
 fn tls_failures_give_openssl_verify_result() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let servers = [
         (
             TlsServer::with(ServerCert::SelfSigned { days: 30 }),
@@ -335,7 +335,7 @@ fn tls_failures_give_openssl_verify_result() {
     ];
     // The CA of the expired and the misnamed certificates is trusted, so what fails is
     // what each certificate is made to fail on.
-    let dir = TempDir::new("tlsreasons");
+    let dir = temp_dir("tlsreasons");
     let mut toml = String::new();
     for (server, _) in &servers {
         toml.push_str(&format!("[[target]]\nurl = \"{}\"\n", server.url("/")));
@@ -343,7 +343,7 @@ fn tls_failures_give_openssl_verify_result() {
             toml.push_str(&format!("ca_file = \"{}\"\n", server.ca_file.display()));
         }
     }
-    let file = dir.path.join("targets.toml");
+    let file = dir.path().join("targets.toml");
     std::fs::write(&file, toml).unwrap();
     let topic = unique("tlsreasons");
     run_ok(metrics_flow(&stack, &topic).args([

@@ -47,7 +47,7 @@ fn run_until(
 
 #[test]
 fn a_slow_target_does_not_delay_the_others() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let slow = server.url("/delay/3000");
     let fast = server.url("/ok");
@@ -80,7 +80,7 @@ fn a_slow_target_does_not_delay_the_others() {
 
 #[test]
 fn a_pool_that_cannot_keep_up_warns() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let a = server.url("/delay/1500?a");
     let b = server.url("/delay/1500?b");
@@ -119,7 +119,7 @@ fn a_long_run_with_kafka_up_never_fills_the_producer_queue() {
     // A result leaves the producer's queue once Kafka has acknowledged it and pub has
     // taken the delivery report, so with the broker up even a small bound must hold
     // however many checks a run makes.
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let targets: Vec<String> = (0..40).map(|i| server.url(&format!("/ok?{i}"))).collect();
     let mut args = vec!["--delay", "0.1", "--queue-max", "100"];
@@ -142,7 +142,7 @@ fn a_long_run_with_kafka_up_never_fills_the_producer_queue() {
 
 #[test]
 fn a_stop_lets_checks_in_flight_finish_and_publishes_them() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("inflight");
     let slow = server.url("/delay/1500");
@@ -202,7 +202,7 @@ fn a_stop_lets_checks_in_flight_finish_and_publishes_them() {
 
 #[test]
 fn a_second_stop_request_exits_at_once_saying_what_was_abandoned() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("force");
     let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args([
@@ -232,7 +232,7 @@ fn a_second_stop_request_exits_at_once_saying_what_was_abandoned() {
 
 #[test]
 fn a_run_starts_no_more_checker_threads_than_it_has_targets() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("threads");
     // A long run keeps its idle checkers, so every thread it started is still there.

@@ -19,7 +19,7 @@ fn text(output: &std::process::Output) -> String {
 
 #[test]
 fn credentials_in_target_urls_are_sent_but_masked_everywhere_else() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("secret");
     let with_password = format!("http://user:{SECRET}@127.0.0.1:{}/auth", server.port);
@@ -85,16 +85,16 @@ fn credentials_in_target_urls_are_sent_but_masked_everywhere_else() {
 
 #[test]
 fn credentials_in_bad_urls_stay_out_of_usage_errors() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("secret_usage");
-    let dir = TempDir::new("secret");
-    let toml = dir.path.join("targets.toml");
+    let dir = temp_dir("secret");
+    let toml = dir.path().join("targets.toml");
     fs::write(
         &toml,
         format!("[[target]]\nurl = \"ftp://user:{SECRET}@example.com/\"\n"),
     )
     .unwrap();
-    let plain = dir.path.join("targets.txt");
+    let plain = dir.path().join("targets.txt");
     fs::write(&plain, format!("gopher://user:{SECRET}@example.com/\n")).unwrap();
     for args in [
         vec![

@@ -88,7 +88,7 @@ fn assert_fails(command: &mut Command, what: &str) -> String {
 
 #[test]
 fn kafka_with_client_certificates() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let tls = Tls::from_env();
     let server = TestServer::start();
     let topic = unique("mtls");
@@ -125,7 +125,7 @@ fn kafka_with_client_certificates() {
 
 #[test]
 fn kafka_with_sasl_scram_over_tls() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let tls = Tls::from_env();
     let server = TestServer::start();
     let topic = unique("scram");
@@ -175,7 +175,7 @@ fn kafka_with_sasl_scram_over_tls() {
 
 #[test]
 fn postgres_with_verify_full() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let tls = Tls::from_env();
     let server = TestServer::start();
     let topic = unique("pgtls");
@@ -255,7 +255,7 @@ fn postgres_with_verify_full() {
 
 #[test]
 fn invalid_security_settings_exit_2_naming_the_setting() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let tls = Tls::from_env();
     let topic = unique("badcfg");
     let cases: Vec<(Vec<(&str, String)>, &str)> = vec![

@@ -11,32 +11,30 @@ use rdkafka::ClientConfig;
 
 #[test]
 fn sub_waits_for_a_topic_that_does_not_exist_yet() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("later");
-    let mut subscriber =
-        spawn(metrics_flow(&stack, &topic).args(["sub", "--table", &topic, "--group", &topic]));
+    let mut subscriber = Logged::spawn(
+        metrics_flow(&stack, &topic).args(["sub", "--table", &topic, "--group", &topic]),
+    );
     // The table exists once sub has migrated, which happens before it subscribes.
     assert!(wait_until(Duration::from_secs(30), || stack
         .pg()
         .query(&format!("SELECT 1 FROM {topic}"), &[])
         .is_ok()));
-    assert!(
-        subscriber.try_wait().unwrap().is_none(),
-        "sub exited instead of waiting"
-    );
+    assert!(!subscriber.has_exited(), "sub exited instead of waiting");
 
     run_ok(metrics_flow(&stack, &topic).args(["pub", "--once", "--target", &server.url("/ok")]));
     let stored = wait_until(Duration::from_secs(60), || stack.count(&topic) == 1);
-    signal(&subscriber, "TERM");
-    let (status, stderr) = wait_exit(&mut subscriber, Duration::from_secs(20));
+    subscriber.signal("TERM");
+    let (status, stderr) = subscriber.wait_exit(Duration::from_secs(20));
     assert!(stored, "the result never arrived:\n{stderr}");
     assert!(status.success(), "{status}: {stderr}");
 }
 
 #[test]
 fn pub_creates_a_missing_topic_with_the_requested_partitions() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("created");
     run_ok(metrics_flow(&stack, &topic).args([
@@ -59,7 +57,7 @@ fn pub_creates_a_missing_topic_with_the_requested_partitions() {
 
 #[test]
 fn unreachable_services_exit_1_naming_them() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("unreachable");
     let closed = closed_port();
     let cases = [
@@ -102,21 +100,21 @@ fn unreachable_services_exit_1_naming_them() {
 
 #[test]
 fn concurrent_starts_migrate_the_schema_once() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("migrate");
     run_ok(metrics_flow(&stack, &topic).args(["pub", "--once", "--target", &server.url("/ok")]));
     let table = format!("race.{topic}");
     let mut starts: Vec<_> = (0..4)
         .map(|_| {
-            spawn(
+            Logged::spawn(
                 metrics_flow(&stack, &topic)
                     .args(["sub", "--once", "--table", &table, "--group", &topic]),
             )
         })
         .collect();
     for child in &mut starts {
-        let (status, stderr) = wait_exit(child, Duration::from_secs(60));
+        let (status, stderr) = child.wait_exit(Duration::from_secs(60));
         assert!(status.success(), "{status}: {stderr}");
     }
     let versions: Vec<i32> = stack

@@ -32,7 +32,7 @@ fn exists(stack: &Stack, relation: &str) -> bool {
 
 #[test]
 fn sub_refuses_a_table_it_did_not_create_and_changes_nothing() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("foreign");
     stack
@@ -72,7 +72,7 @@ fn sub_refuses_a_table_it_did_not_create_and_changes_nothing() {
 
 #[test]
 fn a_current_schema_needs_only_row_privileges() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let topic = unique("grants");
     let target = server.url("/ok");
@@ -110,7 +110,7 @@ fn a_current_schema_needs_only_row_privileges() {
 
 #[test]
 fn wrong_credentials_and_missing_databases_fail_at_once_with_postgres_reason() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("badauth");
     let no_database = stack
         .dsn
@@ -143,7 +143,7 @@ fn wrong_credentials_and_missing_databases_fail_at_once_with_postgres_reason() {
 
 #[test]
 fn an_unknown_dsn_key_is_named() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("dsnkey");
     for (dsn, key) in [
         (format!("{} frobnicate=yes", stack.dsn), "frobnicate"),

@@ -24,12 +24,12 @@ fn publish_and_store(stack: &Stack, args: &[&str]) -> String {
 
 #[test]
 fn toml_rules_apply_per_target() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
     let tls = TlsServer::start(30);
-    let dir = TempDir::new("toml");
-    fs::copy(&tls.cert_file, dir.path.join("server-ca.pem")).unwrap();
-    let file = dir.path.join("targets.toml");
+    let dir = temp_dir("toml");
+    fs::copy(&tls.cert_file, dir.path().join("server-ca.pem")).unwrap();
+    let file = dir.path().join("targets.toml");
     fs::write(
         &file,
         format!(
@@ -115,10 +115,10 @@ tls_verify = false
 
 #[test]
 fn plain_file_and_shards_split_without_overlap() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
-    let dir = TempDir::new("plain");
-    let file = dir.path.join("targets.txt");
+    let dir = temp_dir("plain");
+    let file = dir.path().join("targets.txt");
     let urls: Vec<String> = (0..24).map(|i| server.url(&format!("/ok?n={i}"))).collect();
     let mut text = String::from("# one target per line, an optional pattern after it\n\n");
     for (i, url) in urls.iter().enumerate() {
@@ -152,11 +152,11 @@ fn plain_file_and_shards_split_without_overlap() {
 
 #[test]
 fn file_errors_exit_2_naming_file_and_line() {
-    let stack = Stack::from_env();
-    let dir = TempDir::new("bad");
-    let plain = dir.path.join("bad.txt");
+    let stack = Stack::shared();
+    let dir = temp_dir("bad");
+    let plain = dir.path().join("bad.txt");
     fs::write(&plain, "http://ok.example/\n\nnot-a-url pattern\n").unwrap();
-    let toml = dir.path.join("bad.toml");
+    let toml = dir.path().join("bad.toml");
     fs::write(
         &toml,
         "[[target]]\nurl = \"http://ok.example/\"\ntimout = 5\n",
@@ -176,10 +176,10 @@ fn file_errors_exit_2_naming_file_and_line() {
 
 #[test]
 fn a_pattern_with_a_nul_is_published_in_a_form_postgres_can_store() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let server = TestServer::start();
-    let dir = TempDir::new("nul");
-    let file = dir.path.join("targets.toml");
+    let dir = temp_dir("nul");
+    let file = dir.path().join("targets.toml");
     // TOML's own escape: the regex holds a NUL character, which matches a NUL byte.
     let toml = format!(
         "[[target]]\nurl = \"{}\"\npattern = \"all is well|\\u0000\"\n",

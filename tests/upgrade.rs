@@ -17,7 +17,7 @@ fn create_from_fixture(stack: &Stack, fixture: &str, table: &str) {
 
 #[test]
 fn results_stored_twice_by_schema_version_2_move_aside_and_no_row_is_lost() {
-    let stack = Stack::from_env();
+    let stack = Stack::shared();
     let topic = unique("upgrade2");
     let table = topic.clone();
     create_from_fixture(&stack, "schema_v2.sql", &table);

@@ -18,7 +18,8 @@ use rdkafka::ClientContext;
 
 use crate::cli::{KafkaArgs, SecurityProtocol};
 use crate::error::UsageError;
-use crate::shutdown::{retry_until, Permanent, Shutdown};
+use crate::retry::{retry_until, Permanent};
+use crate::shutdown::Shutdown;
 use crate::sync::lock;
 use crate::throttle::{more_like_it, Throttle};
 
@@ -45,11 +46,25 @@ pub fn client_config(args: &KafkaArgs) -> Result<ClientConfig, UsageError> {
         config.set("sasl.username", user);
     }
     if let Some(password) = &args.sasl_password {
-        config.set("sasl.password", password);
+        config.set("sasl.password", password.expose());
     }
-    // Keep librdkafka's own logs at the level the user chose through RUST_LOG.
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    set_log_level(&mut config);
     Ok(config)
+}
+
+/// librdkafka formats only the lines at or above its own level, and its debug lines
+/// only for the contexts named in `debug`. So RUST_LOG decides: with debug enabled for
+/// the target `librdkafka` (`RUST_LOG=librdkafka=debug`, or `debug`), librdkafka logs
+/// at debug level for the contexts that explain a connection or a group; otherwise it
+/// logs warnings and errors only, since its notices repeat what metrics-flow says.
+fn set_log_level(config: &mut ClientConfig) {
+    if log::log_enabled!(target: "librdkafka", log::Level::Debug) {
+        config
+            .set_log_level(RDKafkaLogLevel::Debug)
+            .set("debug", "broker,topic,metadata,cgrp,security");
+    } else {
+        config.set_log_level(RDKafkaLogLevel::Warning);
+    }
 }
 
 fn security_protocol(args: &KafkaArgs) -> Result<SecurityProtocol, UsageError> {

@@ -157,6 +157,27 @@ impl CheckResult {
         Ok(check)
     }
 
+    /// A plausible result, different for each `n`: one of 16 targets, every seventh a
+    /// failed check, checked now. For the tests and the benchmark's generator, so that
+    /// what they send is what this schema says, not a copy of it.
+    pub fn example(n: usize) -> CheckResult {
+        let ok = !n.is_multiple_of(7);
+        CheckResult {
+            v: SCHEMA_VERSION,
+            id: Uuid::new_v4(),
+            checked_at: Utc::now(),
+            target: format!("http://t{}.example.test/health", n % 16),
+            ok,
+            http_status: Some(if ok { 200 } else { 503 }),
+            latency_ms: Some(3.0 + (n % 250) as f64 / 10.0),
+            error_kind: (!ok).then_some(ErrorKind::Status),
+            error_text: (!ok).then(|| "status 503 is not in 200-299".to_owned()),
+            pattern: Some("all is well".to_owned()),
+            pattern_found: Some(ok),
+            details: Details::default(),
+        }
+    }
+
     /// Refuses values no check can have. A result dated in 9999 would otherwise be
     /// "the latest" for its target forever.
     fn plausible(&self, now: DateTime<Utc>) -> Result<(), Rejection> {

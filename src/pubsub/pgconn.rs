@@ -1,4 +1,5 @@
-//! PostgreSQL connections: DSN parsing (both forms), every libpq sslmode, and a safe description.
+//! Connecting to PostgreSQL, for every part that does: DSN parsing (both forms), every
+//! libpq sslmode, and a description of the server that never shows the password.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -9,7 +10,7 @@ use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
 
 use crate::error::UsageError;
-use crate::shutdown::Permanent;
+use crate::retry::Permanent;
 
 /// libpq's sslmode values; the postgres crate itself knows only the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +33,15 @@ struct TlsParams {
 
 /// Everything needed to open (and reopen) a connection.
 #[derive(Clone)]
-pub struct PgTarget {
+pub struct PgConnector {
     config: postgres::Config,
     tls: TlsParams,
 }
 
-impl PgTarget {
+impl PgConnector {
     /// Parses a libpq key=value string or a postgres:// URL. Errors never echo the DSN,
     /// since it may carry a password.
-    pub fn parse(dsn: &str) -> Result<PgTarget, UsageError> {
+    pub fn parse(dsn: &str) -> Result<PgConnector, UsageError> {
         let is_url = dsn.starts_with("postgres://") || dsn.starts_with("postgresql://");
         let (rest, tls) = if is_url {
             split_url(dsn)?
@@ -59,7 +60,7 @@ impl PgTarget {
         if config.get_application_name().is_none() {
             config.application_name("metrics-flow");
         }
-        let target = PgTarget { config, tls };
+        let target = PgConnector { config, tls };
         target.tls_connector()?;
         Ok(target)
     }
@@ -330,7 +331,7 @@ mod tests {
                 "unknown option 'frobnicate'",
             ),
         ] {
-            let error = PgTarget::parse(dsn).err().expect(dsn).to_string();
+            let error = PgConnector::parse(dsn).err().expect(dsn).to_string();
             assert!(error.contains(named), "{error}");
             assert!(!error.contains("hunter2"), "{error}");
         }
@@ -342,7 +343,7 @@ mod tests {
             "host=127.0.0.1 port=15432 user=metrics password=hunter2 dbname=metrics sslmode=disable",
             "postgres://metrics:hunter2@127.0.0.1:15432/metrics?sslmode=disable",
         ] {
-            let described = PgTarget::parse(dsn).unwrap().describe();
+            let described = PgConnector::parse(dsn).unwrap().describe();
             assert!(!described.contains("hunter2"), "{described}");
             assert!(described.contains("127.0.0.1:15432"), "{described}");
         }
@@ -356,7 +357,7 @@ mod tests {
             "host=h password=hunter2 port=notaport",
             "host=h password=hunter2 sslmode=verify-full sslrootcert=/nonexistent/ca.pem",
         ] {
-            let error = PgTarget::parse(dsn).err().expect(dsn).to_string();
+            let error = PgConnector::parse(dsn).err().expect(dsn).to_string();
             assert!(!error.contains("hunter2"), "{error}");
             assert!(error.contains("POSTGRESQL_DSN"), "{error}");
         }

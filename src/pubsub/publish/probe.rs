@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -12,18 +11,17 @@ use ureq::http::{Request, Response};
 use ureq::{Agent, Body, ResponseExt};
 use uuid::Uuid;
 
-use super::message::{CheckResult, Details, ErrorKind, SCHEMA_VERSION};
 use super::targets::{mask_text, Target, MAX_REQUEST_HEAD};
 use super::transport::{self, OpensslConnector, Phases, TimedResolver, TimedTcp};
 use crate::error::UsageError;
+use crate::pubsub::message::{CheckResult, Details, ErrorKind, SCHEMA_VERSION};
 use ureq::unversioned::transport::Connector;
 
-/// Performs checks; cheap to clone into worker threads. Holds one HTTP agent per
-/// distinct connection setup, shared by the targets that use it.
-#[derive(Clone)]
-pub struct Prober {
-    agents: Arc<Vec<Agent>>,
-    max_body_bytes: u64,
+/// One target and the HTTP agent that checks it. Targets with the same connection
+/// settings share one agent.
+pub struct Probe {
+    pub target: Target,
+    agent: Agent,
 }
 
 /// The connection settings that need an agent of their own.
@@ -49,45 +47,44 @@ struct Failure {
     status: Option<u16>,
 }
 
-impl Prober {
-    /// One agent per target, in target order; targets with equal settings share one.
-    pub fn new(targets: &[Target], max_body_bytes: u64) -> Result<Prober, UsageError> {
+impl Probe {
+    /// A probe for each target, in order.
+    pub fn for_each(targets: Vec<Target>) -> Result<Vec<Probe>, UsageError> {
         let mut built: HashMap<AgentKey, Agent> = HashMap::new();
-        let mut agents = Vec::with_capacity(targets.len());
-        for target in targets {
-            let key = AgentKey {
-                timeout: target.timeout,
-                max_redirects: if target.follow_redirects {
-                    target.max_redirects
-                } else {
-                    0
-                },
-                tls_verify: target.tls_verify,
-                ca_file: target.ca_file.clone(),
-            };
-            let agent = match built.get(&key) {
-                Some(agent) => agent.clone(),
-                None => {
-                    let agent = build_agent(&key)
-                        .map_err(|e| UsageError::new(format!("{}: {e}", target.url)))?;
-                    built.insert(key, agent.clone());
-                    agent
-                }
-            };
-            agents.push(agent);
-        }
-        Ok(Prober {
-            agents: Arc::new(agents),
-            max_body_bytes,
-        })
+        targets
+            .into_iter()
+            .map(|target| {
+                let key = AgentKey {
+                    timeout: target.timeout,
+                    max_redirects: if target.follow_redirects {
+                        target.max_redirects
+                    } else {
+                        0
+                    },
+                    tls_verify: target.tls_verify,
+                    ca_file: target.ca_file.clone(),
+                };
+                let agent = match built.get(&key) {
+                    Some(agent) => agent.clone(),
+                    None => {
+                        let agent = build_agent(&key)
+                            .map_err(|e| UsageError::new(format!("{}: {e}", target.shown)))?;
+                        built.insert(key, agent.clone());
+                        agent
+                    }
+                };
+                Ok(Probe { target, agent })
+            })
+            .collect()
     }
 
-    /// Checks the target at `index` in the list given to `new`.
-    pub fn check(&self, index: usize, target: &Target) -> CheckResult {
+    /// Checks the target once.
+    pub fn check(&self, max_body_bytes: u64) -> CheckResult {
+        let target = &self.target;
         let checked_at = Utc::now();
         transport::reset_phases();
         let started = Instant::now();
-        let exchange = self.exchange(&self.agents[index], target, started);
+        let exchange = exchange(&self.agent, target, started, max_body_bytes);
         let latency_ms = millis(started.elapsed());
         let phases = transport::take_phases();
         let mut result = CheckResult {
@@ -116,51 +113,48 @@ impl Prober {
         result.replace_nul_characters();
         result
     }
-
-    fn exchange(
-        &self,
-        agent: &Agent,
-        target: &Target,
-        started: Instant,
-    ) -> Result<Exchange, Failure> {
-        let mut response = send(agent, target).map_err(|e| classify(&e, None))?;
-        let ttfb = started.elapsed();
-        let status = response.status().as_u16();
-        let mut details = describe_response(&response);
-        details.ttfb_ms = Some(millis(ttfb));
-        let body = self.read_body(&mut response, status)?;
-        details.body_bytes = Some(body.len() as u64);
-        Ok(Exchange {
-            status,
-            body,
-            details,
-        })
-    }
 }
 
-impl Prober {
-    /// The body, decoded (gzip, brotli), up to the cap. The cap applies to the decoded
-    /// bytes, so a small compressed bomb still ends as body_too_large; ureq's own
-    /// limit counts the bytes on the wire, and fails a body of exactly the limit.
-    fn read_body(&self, response: &mut Response<Body>, status: u16) -> Result<Vec<u8>, Failure> {
-        let cap = self.max_body_bytes;
-        let mut body = Vec::new();
-        response
-            .body_mut()
-            .with_config()
-            .reader()
-            .take(cap.saturating_add(1))
-            .read_to_end(&mut body)
-            .map_err(|e| classify(&ureq::Error::from(e), Some(status)))?;
-        if body.len() as u64 > cap {
-            return Err(Failure {
-                kind: ErrorKind::BodyTooLarge,
-                text: format!("the body is larger than {cap} bytes (--max-body-bytes)"),
-                status: Some(status),
-            });
-        }
-        Ok(body)
+fn exchange(
+    agent: &Agent,
+    target: &Target,
+    started: Instant,
+    max_body_bytes: u64,
+) -> Result<Exchange, Failure> {
+    let mut response = send(agent, target).map_err(|e| classify(&e, None))?;
+    let ttfb = started.elapsed();
+    let status = response.status().as_u16();
+    let mut details = describe_response(&response);
+    details.ttfb_ms = Some(millis(ttfb));
+    let body = read_body(&mut response, status, max_body_bytes)?;
+    details.body_bytes = Some(body.len() as u64);
+    Ok(Exchange {
+        status,
+        body,
+        details,
+    })
+}
+
+/// The body, decoded (gzip, brotli), up to the cap. The cap applies to the decoded
+/// bytes, so a small compressed bomb still ends as body_too_large; ureq's own limit
+/// counts the bytes on the wire, and fails a body of exactly the limit.
+fn read_body(response: &mut Response<Body>, status: u16, cap: u64) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    response
+        .body_mut()
+        .with_config()
+        .reader()
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(|e| classify(&ureq::Error::from(e), Some(status)))?;
+    if body.len() as u64 > cap {
+        return Err(Failure {
+            kind: ErrorKind::BodyTooLarge,
+            text: format!("the body is larger than {cap} bytes (--max-body-bytes)"),
+            status: Some(status),
+        });
     }
+    Ok(body)
 }
 
 /// The most response headers ureq parses (its MAX_RESPONSE_HEADERS).

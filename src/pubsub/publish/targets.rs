@@ -1,4 +1,5 @@
-//! What `pub` checks: targets from flags, env and a targets file, each with its own rules.
+//! What `pub` checks: targets from flags, env and a targets file, each with its own
+//! rules, and the value parsers of those rules (URLs, patterns, statuses).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
@@ -10,11 +11,30 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
-use crate::cli::parse_regex;
+use super::shard::{in_shard, Shard};
 use crate::error::{one_line, UsageError};
 
+/// A URL as given on the command line, not parsed yet; `Debug` masks its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlArg(pub String);
+
+impl UrlArg {
+    /// A value parser for clap: the URL is parsed when the targets are loaded, so its
+    /// errors can mask a password.
+    pub fn parse(text: &str) -> Result<UrlArg, String> {
+        Ok(UrlArg(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for UrlArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", mask_text(&self.0))
+    }
+}
+
 /// One URL to check and every rule that applies to it, defaults already filled in.
-#[derive(Debug, Clone)]
+/// `Debug` shows the masked URL only.
+#[derive(Clone)]
 pub struct Target {
     /// The URL checked, with any password in it.
     pub url: Url,
@@ -35,6 +55,19 @@ pub struct Target {
     pub tls_verify: bool,
     /// Extra CA (PEM) trusted for this target, on top of the system roots.
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.shown)
+            .field("method", &self.method)
+            .field("expect_status", &self.expect_status)
+            .field("pattern", &self.pattern)
+            .field("timeout", &self.timeout)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Defaults that command-line flags set for every target lacking its own value.
@@ -107,6 +140,24 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// room for the headers. Many servers refuse longer ones anyway (414).
 const MAX_URL_BYTES: usize = 8 * 1024;
 
+/// A regex over bytes, so bodies that are not valid UTF-8 can still be searched.
+pub fn parse_regex(text: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::Regex::new(text).map_err(|e| one_line_regex_error(text, &e))
+}
+
+/// The regex crate draws a multi-line caret diagram; users get its last line only.
+pub fn one_line_regex_error(pattern: &str, error: &regex::Error) -> String {
+    let rendered = error.to_string();
+    let reason = rendered
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid")
+        .trim()
+        .trim_start_matches("error: ");
+    format!("invalid regex '{pattern}': {reason}")
+}
+
 /// Accepts absolute http(s) URLs with a host that fit in a request; anything else is a
 /// usage error. A password in the URL is masked in the error.
 pub fn parse_url(text: &str) -> Result<Url, String> {
@@ -168,13 +219,13 @@ pub fn mask_text(text: &str) -> String {
 /// Every target from the flags and the targets file, narrowed to this process's shard.
 /// A URL given twice is refused: it would be checked twice a round under one key.
 pub fn load(
-    urls: &[String],
+    urls: &[UrlArg],
     file: Option<&Path>,
     shard: Option<Shard>,
     defaults: &Defaults,
 ) -> Result<Vec<Target>, UsageError> {
     let mut targets: Vec<Target> = Vec::with_capacity(urls.len());
-    for text in urls {
+    for UrlArg(text) in urls {
         let url =
             parse_url(text).map_err(|e| UsageError::new(format!("--target (TARGET): {e}")))?;
         if targets.iter().any(|t| t.url == url) {
@@ -489,48 +540,6 @@ fn readable_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
         return Err(cannot("not a regular file".to_owned()));
     }
     Ok(path)
-}
-
-/// This process's share of the targets: the 1-based `index`-th of `count` shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-/// Reads `K/N`, where 1 <= K <= N.
-pub fn parse_shard(text: &str) -> Result<Shard, String> {
-    let not_a_shard = |why: &str| format!("'{text}' is not a shard: {why}");
-    let (index, count) = text
-        .split_once('/')
-        .ok_or_else(|| not_a_shard("expected K/N, such as 1/3"))?;
-    let number = |part: &str| part.trim().parse::<u32>();
-    let (Ok(index), Ok(count)) = (number(index), number(count)) else {
-        return Err(not_a_shard("K and N must be whole numbers, such as 1/3"));
-    };
-    if count == 0 {
-        return Err(not_a_shard("N must be at least 1"));
-    }
-    if !(1..=count).contains(&index) {
-        return Err(not_a_shard("K must be between 1 and N"));
-    }
-    Ok(Shard { index, count })
-}
-
-/// Whether `shard` owns `url`. Every `pub` process of a fleet must agree on this without
-/// talking to the others, across restarts, machines and Rust versions, and whatever order
-/// its targets were listed in; so it depends only on the URL's text and uses FNV-1a 64,
-/// whose constants are fixed, rather than std's hasher, which may change between releases.
-pub fn in_shard(url: &Url, shard: Shard) -> bool {
-    fnv1a_64(url.as_str().as_bytes()) % u64::from(shard.count) == u64::from(shard.index - 1)
-}
-
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
 }
 
 #[cfg(test)]
@@ -859,67 +868,11 @@ expect_status = 204
         assert_eq!(load("checks.toml", toml).unwrap().len(), 1);
     }
 
-    fn generated_urls(count: usize) -> Vec<Url> {
-        (0..count)
-            .map(|i| Url::parse(&format!("https://host{}.example/path/{i}", i % 37)).unwrap())
-            .collect()
-    }
-
     #[test]
-    fn fnv1a_matches_the_published_test_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn shards_are_disjoint_cover_everything_and_are_never_empty() {
-        let urls = generated_urls(1000);
-        for count in 1..=5 {
-            let mut owners = vec![0; urls.len()];
-            for index in 1..=count {
-                let shard = Shard { index, count };
-                let owned = urls.iter().filter(|url| in_shard(url, shard)).count();
-                assert!(owned > 0, "shard {index}/{count} owns nothing");
-                for (i, url) in urls.iter().enumerate() {
-                    owners[i] += usize::from(in_shard(url, shard));
-                }
-            }
-            assert!(owners.iter().all(|&n| n == 1), "N={count}: {owners:?}");
-        }
-    }
-
-    #[test]
-    fn a_urls_shard_does_not_depend_on_list_order() {
-        let urls = generated_urls(200);
-        let shard = Shard { index: 2, count: 3 };
-        let forward: Vec<&Url> = urls.iter().filter(|u| in_shard(u, shard)).collect();
-        let mut backward: Vec<&Url> = urls.iter().rev().filter(|u| in_shard(u, shard)).collect();
-        backward.reverse();
-        assert_eq!(forward, backward);
-        // Pinned, so that a change of hash, which would reshuffle a running fleet, fails here.
-        let url = Url::parse("https://example.com/health").unwrap();
-        assert_eq!(fnv1a_64(url.as_str().as_bytes()), 0xdf8c_29ce_fedd_4622);
-        assert!(in_shard(&url, Shard { index: 2, count: 3 }));
-        assert!(in_shard(&url, Shard { index: 5, count: 5 }));
-    }
-
-    #[test]
-    fn parses_shards() {
-        assert_eq!(parse_shard("1/1"), Ok(Shard { index: 1, count: 1 }));
-        assert_eq!(parse_shard("2/3"), Ok(Shard { index: 2, count: 3 }));
-        for bad in ["0/3", "4/3", "a/b", "3", "1/0", "", "-1/3"] {
-            let error = parse_shard(bad).unwrap_err();
-            assert!(
-                error.starts_with(&format!("'{bad}' is not a shard: ")),
-                "{error}"
-            );
-            assert!(!error.contains('\n'));
-        }
-        assert_eq!(
-            parse_shard("4/3").unwrap_err(),
-            "'4/3' is not a shard: K must be between 1 and N"
-        );
+    fn regex_error_is_one_line() {
+        let err = parse_regex("a(b").unwrap_err();
+        assert_eq!(err.lines().count(), 1);
+        assert!(err.contains("unclosed group"), "{err}");
     }
 
     #[test]
@@ -955,6 +908,9 @@ expect_status = 204
         );
         let target = Target::new(url, &defaults());
         assert_eq!(target.shown, "https://user:***@example.com:8443/p?q=1");
+        assert!(!format!("{target:?}").contains("s3cret"), "{target:?}");
+        let arg = UrlArg("http://u:s3cret@h/".into());
+        assert_eq!(format!("{arg:?}"), "\"http://u:***@h/\"");
     }
 
     #[test]

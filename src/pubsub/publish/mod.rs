@@ -1,0 +1,156 @@
+//! `pub`: checks targets on their schedules and publishes one result per check to
+//! Kafka.
+//!
+//! The path of a check: [`targets`] loads what to check ([`shard`] narrows it),
+//! [`probe`] holds one probe per target, [`schedule`] says when each is due, a thread
+//! of [`checkers`] runs it through [`transport`], and [`producer`] sends the result.
+
+mod checkers;
+pub mod probe;
+mod producer;
+pub mod schedule;
+pub mod shard;
+pub mod targets;
+mod transport;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use checkers::{Checker, CheckerPool};
+use probe::Probe;
+use producer::{DeliveryReports, Publisher};
+use schedule::Dispatcher;
+use targets::Target;
+
+use crate::cli::PubArgs;
+use crate::error::UsageError;
+use crate::shutdown::Shutdown;
+
+/// The longest the main loop sleeps, so stop requests, lag warnings and progress lines
+/// are served promptly.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often a long run logs what it has done.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+/// How long checks in flight at a stop request may take beyond their timeout.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let targets = load_targets(&args)?;
+    let producer = Arc::new(producer::connect_producer(&args, &shutdown)?);
+    let probes = Probe::for_each(targets)?;
+    let intervals: Vec<Duration> = probes.iter().map(|p| p.target.interval).collect();
+    let dispatcher = Arc::new(Dispatcher::new(&intervals, args.once));
+    let publisher = Arc::new(Publisher::new(Arc::clone(&producer), &args.kafka.topic));
+    // A checker beyond one per target would never have work.
+    let checkers = usize::from(args.concurrency).min(probes.len());
+    let cadence = if args.once {
+        "once".to_owned()
+    } else {
+        format!("every {:?}", args.delay)
+    };
+    log::info!(
+        "checking {} target(s) {cadence} with up to {checkers} at once",
+        probes.len()
+    );
+    let reports = DeliveryReports::serve(Arc::clone(&producer));
+    let pool = Arc::new(CheckerPool::start(
+        checkers,
+        Checker {
+            probes: Arc::new(probes),
+            max_body_bytes: args.max_body_bytes,
+            dispatcher: Arc::clone(&dispatcher),
+            publisher: Arc::clone(&publisher),
+        },
+    ));
+    say_what_a_forced_exit_abandons(&shutdown, &pool, &publisher);
+    // After the checkers start: the lookup needs librdkafka's connection to the broker
+    // itself, which the broker wait did not need when the bootstrap connection
+    // answered it, and results can queue meanwhile.
+    producer::log_topic_layout(&producer, &args.kafka.topic);
+    wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
+    // Reports are still served during the final flush, which waits for them.
+    let finished = publisher.finish(args.flush_timeout);
+    drop(reports);
+    finished
+}
+
+fn say_what_a_forced_exit_abandons(
+    shutdown: &Shutdown,
+    pool: &Arc<CheckerPool>,
+    publisher: &Arc<Publisher>,
+) {
+    let (pool, publisher) = (Arc::clone(pool), Arc::clone(publisher));
+    shutdown.on_forced_exit(move || {
+        format!(
+            "{} check(s) in flight and {} result(s) not yet delivered to Kafka",
+            pool.running(),
+            publisher.waiting()
+        )
+    });
+}
+
+/// The targets this process checks: flags, environment and file, then this shard.
+fn load_targets(args: &PubArgs) -> anyhow::Result<Vec<Target>> {
+    let defaults = targets::Defaults {
+        pattern: args.pattern.clone(),
+        timeout: args.timeout,
+        interval: args.delay,
+    };
+    let targets = targets::load(
+        &args.targets,
+        args.targets_file.as_deref(),
+        args.shard,
+        &defaults,
+    )?;
+    if targets.is_empty() {
+        let why = match (args.shard, &args.targets_file) {
+            (Some(_), _) => "no targets in this shard".to_owned(),
+            (None, Some(file)) => format!(
+                "--targets-file (TARGETS_FILE): {} holds no targets",
+                file.display()
+            ),
+            (None, None) => {
+                "no targets: give --target URL (TARGET) or --targets-file (TARGETS_FILE)".to_owned()
+            }
+        };
+        return Err(UsageError::new(why).into());
+    }
+    Ok(targets)
+}
+
+/// Serves the periodic log lines and a stop request while the checkers work; returns
+/// once they have all stopped, or when checks still running at a stop request have
+/// outlived their timeout (they are then abandoned, unpublished).
+fn wait_for_checkers(
+    pool: &CheckerPool,
+    dispatcher: &Dispatcher,
+    publisher: &Publisher,
+    shutdown: &Shutdown,
+    check_timeout: Duration,
+) {
+    let mut stop_deadline: Option<Instant> = None;
+    let mut since_report = Instant::now();
+    loop {
+        if pool.wait_until_stopped(IDLE_WAIT) {
+            return;
+        }
+        if shutdown.requested() && stop_deadline.is_none() {
+            dispatcher.stop();
+            stop_deadline = Some(Instant::now() + check_timeout + STOP_MARGIN);
+        }
+        if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            log::warn!(
+                "{} check(s) still running at exit; not published",
+                pool.running()
+            );
+            return;
+        }
+        dispatcher.warn_if_lagging();
+        if since_report.elapsed() >= PROGRESS_EVERY {
+            publisher
+                .progress
+                .report(since_report.elapsed(), publisher.waiting());
+            since_report = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! pub's Kafka side: the idempotent producer and its settings, queueing results keyed
+//! by target, delivery reports served on a thread of their own, and the final flush.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::bindings::{rd_kafka_flush, rd_kafka_resp_err_t};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use crate::cli::PubArgs;
+use crate::pubsub::kafka;
+use crate::pubsub::message::CheckResult;
+use crate::shutdown::Shutdown;
+use crate::sync::lock;
+use crate::throttle::Throttle;
+
+/// How long one call serves delivery reports. rust-rdkafka rounds the wait left down
+/// to whole milliseconds and so spins through the last one of every call: a long call
+/// keeps that to a thousandth of a core.
+const REPORT_WINDOW: Duration = Duration::from_secs(1);
+
+pub type ResultProducer = BaseProducer<DeliveryCounter>;
+
+/// A producer whose brokers have answered, with the topic created if it was missing.
+pub fn connect_producer(args: &PubArgs, shutdown: &Shutdown) -> anyhow::Result<ResultProducer> {
+    let producer = build_producer(args)?;
+    let known_topics = kafka::wait_for_brokers(
+        producer.client(),
+        || producer.poll(Duration::ZERO),
+        &args.kafka,
+        shutdown,
+    )?;
+    kafka::ensure_topic(
+        &args.kafka,
+        &known_topics,
+        args.partitions.unwrap_or(-1),
+        args.replication_factor.unwrap_or(-1),
+    )?;
+    Ok(producer)
+}
+
+/// Logs the topic's partition count. Asking matters beyond the log line: librdkafka
+/// retries getting its idempotent producer id on each metadata answer, and its first
+/// try, sent while it swaps the bootstrap connection for the broker's own, sometimes
+/// fails and would otherwise wait out a 500 ms timer with every result held back.
+pub fn log_topic_layout(producer: &ResultProducer, topic: &str) {
+    match kafka::partition_count(producer.client(), topic, Duration::from_secs(5)) {
+        Ok(0) => log::info!("publishing to {topic}, which the brokers do not list yet"),
+        Ok(partitions) => log::info!("publishing to {topic} ({partitions} partition(s))"),
+        Err(error) => log::warn!("could not look up topic {topic}: {error}"),
+    }
+}
+
+/// Waits for every queued result to be delivered, up to `limit`, while the
+/// delivery-report thread serves the reports. This is librdkafka's own flush, which
+/// sends the batches still lingering at once (polling until the queue is empty would
+/// wait out linger.ms) and sleeps on a condition variable meanwhile; rust-rdkafka's
+/// wrapper of it serves reports itself, 100 ms at a time.
+fn flush(producer: &ResultProducer, limit: Duration) -> bool {
+    let limit_ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the pointer is the producer's own, alive for as long as it is borrowed,
+    // and librdkafka allows rd_kafka_flush from any thread.
+    let code = unsafe { rd_kafka_flush(producer.client().native_ptr(), limit_ms) };
+    code == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+}
+
+fn build_producer(args: &PubArgs) -> anyhow::Result<ResultProducer> {
+    let mut config = kafka::client_config(&args.kafka)?;
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Results wait here while Kafka is away; past this bound they are dropped loudly.
+        .set("queue.buffering.max.messages", args.queue_max.to_string())
+        // No age limit: a result waits for Kafka as long as the queue has room.
+        .set("message.timeout.ms", "0")
+        // Kafka's CPU per result falls with the batch size: at 5 ms (the default) the
+        // broker spent 30-110 ms of CPU per 1,000 results in bench-pub.sh, at 50 ms
+        // 10-50 ms. A result waits at most this long; the final flush waits for none.
+        .set("linger.ms", "50")
+        // librdkafka spaces out connection attempts by half this (50 ms by default), and
+        // a fresh producer needs two: the bootstrap address, then the broker it names.
+        // At 20 ms the first results can leave about 40 ms sooner; retries after a lost
+        // connection still back off exponentially up to reconnect.backoff.max.ms.
+        .set("reconnect.backoff.ms", "20");
+    config
+        .create_with_context(DeliveryCounter::default())
+        .context("creating the Kafka producer")
+}
+
+/// Counts delivery reports; every failure is logged once.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    last_error: kafka::LastError,
+}
+
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.last_error.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.error(&error, reason);
+    }
+}
+
+impl kafka::KeepsLastError for DeliveryCounter {
+    fn last_error(&self) -> &kafka::LastError {
+        &self.last_error
+    }
+}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.last_error.answered();
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("a result was not delivered to Kafka: {error}");
+            }
+        }
+    }
+}
+
+/// Queues results for Kafka; shared by the checker threads.
+pub struct Publisher {
+    producer: Arc<ResultProducer>,
+    topic: String,
+    /// Results the producer took; each ends up delivered or failed in its context.
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    /// Drops are logged once per throttle window, by kind: one line per check would
+    /// flood the log for as long as Kafka is away.
+    drop_log: Mutex<Throttle<String>>,
+    pub progress: Progress,
+}
+
+/// Checks since the last progress line, so a long run shows it is alive and how it fares.
+#[derive(Default)]
+pub struct Progress {
+    checks: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Progress {
+    fn record(&self, ok: bool) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs the counts since the last report and starts counting afresh.
+    pub fn report(&self, period: Duration, queued: u64) {
+        log::info!(
+            "{} check(s) in the last {:.0} s, {} failed; {queued} result(s) waiting for Kafka",
+            self.checks.swap(0, Ordering::Relaxed),
+            period.as_secs_f64(),
+            self.failed.swap(0, Ordering::Relaxed)
+        );
+    }
+}
+
+impl Publisher {
+    pub fn new(producer: Arc<ResultProducer>, topic: &str) -> Publisher {
+        Publisher {
+            producer,
+            topic: topic.to_owned(),
+            queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            drop_log: Mutex::default(),
+            progress: Progress::default(),
+        }
+    }
+
+    /// Flushes, sums up the run, and fails it if any result it made was not delivered: a
+    /// result a user asked to keep must not vanish behind a success status.
+    pub fn finish(&self, flush_timeout: Duration) -> anyhow::Result<()> {
+        log::info!("flushing {} queued result(s)", self.waiting());
+        if !flush(&self.producer, flush_timeout) {
+            log::error!(
+                "gave up flushing after {flush_timeout:?} (--flush-timeout): {} result(s) not delivered",
+                self.waiting()
+            );
+        }
+        let context = self.producer.context();
+        let failed = context.failed.load(Ordering::Relaxed);
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let waiting = self.waiting();
+        log::info!(
+            "published {} result(s), {} failed delivery, {} dropped on a full queue",
+            context.delivered.load(Ordering::Relaxed),
+            failed,
+            dropped
+        );
+        let undelivered = failed + dropped + waiting;
+        if undelivered > 0 {
+            anyhow::bail!(
+                "{undelivered} result(s) were not delivered to Kafka and are lost: {failed} refused or failed, {dropped} dropped on a full queue (--queue-max), {waiting} still queued at exit (--flush-timeout)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Results taken but not yet reported delivered or failed. Counted here because
+    /// librdkafka's queue length also counts the log lines and events it has not
+    /// handed over yet. A report served before its send was counted reads as 0.
+    pub fn waiting(&self) -> u64 {
+        let context = self.producer.context();
+        let reported =
+            context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
+        self.queued.load(Ordering::Relaxed).saturating_sub(reported)
+    }
+
+    /// Queues one result keyed by its target, so a target's results stay in order.
+    pub fn publish(&self, result: &CheckResult) {
+        self.progress.record(result.ok);
+        log::debug!(
+            "{} ok={} status={:?} {:.1} ms",
+            result.target,
+            result.ok,
+            result.http_status,
+            result.latency_ms.unwrap_or(f64::NAN)
+        );
+        let payload = result.encode();
+        let record = BaseRecord::to(&self.topic)
+            .key(result.target.as_str())
+            .payload(&payload);
+        let Err((error, _)) = self.producer.send(record) else {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        if lock(&self.drop_log).admit(kind, Instant::now()).is_none() {
+            return;
+        }
+        match error {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => log::error!(
+                "producer queue full (Kafka unreachable?): dropped the result for {} ({dropped} dropped so far)",
+                result.target
+            ),
+            error => log::error!(
+                "could not queue the result for {}: {error} ({dropped} dropped so far)",
+                result.target
+            ),
+        }
+    }
+}
+
+/// A thread that serves the producer's delivery reports as they arrive, until dropped.
+/// A result counts against --queue-max until its report has been served, so reports
+/// cannot wait for a quiet moment of the main loop.
+pub struct DeliveryReports {
+    stop: Arc<AtomicBool>,
+}
+
+impl DeliveryReports {
+    pub fn serve(producer: Arc<ResultProducer>) -> DeliveryReports {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        // Not joined: the process may end while it waits out a poll window, which is
+        // harmless once the final flush has seen every report served.
+        thread::Builder::new()
+            .name("delivery-reports".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    producer.poll(REPORT_WINDOW);
+                }
+            })
+            .expect("spawning the delivery report thread");
+        DeliveryReports { stop }
+    }
+}
+
+impl Drop for DeliveryReports {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,78 @@
+//! `sub`: consumes the results topic and stores every result in PostgreSQL exactly
+//! once. Offsets live in PostgreSQL beside the rows, are read back on every
+//! assignment, and are fenced on every commit (see [`ledger`]).
+//!
+//! The path of a message: [`consumer`] polls it, [`sink`] judges it against the
+//! [`ledger`] and batches it, and [`store`] writes the batch and the offsets in one
+//! transaction over the [`session`], into the tables [`migrations`] made.
+
+mod consumer;
+pub mod ledger;
+mod membership;
+pub mod migrations;
+mod session;
+mod sink;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+
+use consumer::Ended;
+use membership::Membership;
+use session::Session;
+use sink::Sink;
+
+use crate::cli::SubArgs;
+use crate::pubsub::pgconn::PgConnector;
+use crate::shutdown::Shutdown;
+use crate::sync::lock;
+
+pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Every setting is checked before anything is contacted, so bad input exits 2 at once.
+    let kafka_config = consumer::consumer_config(&args)?;
+    let connector = PgConnector::parse(args.dsn.expose())?;
+    let mut session = Session::open(connector, args.kafka.connect_deadline, &shutdown)?;
+    migrations::migrate(session.client(), &args.table)
+        .with_context(|| format!("migrating the schema of {}", args.table))?;
+    log::info!("storing into {} on {}", args.table, session.describe());
+
+    let sink = Sink::new(session, args.table.clone(), args.kafka.topic.clone());
+    let sink = Arc::new(Mutex::new(sink));
+    say_what_a_forced_exit_abandons(&shutdown, &sink);
+    let result = loop {
+        let membership = Membership::new(&args.group);
+        let consumer = consumer::join_group(&kafka_config, &membership, &sink, &args, &shutdown)?;
+        match consumer::consume(&consumer, &args, &shutdown, membership) {
+            // Dropping the consumer leaves the group; its replacement joins afresh and
+            // resumes from the offsets stored in PostgreSQL.
+            Ok(Ended::LeftGroup) => log::warn!(
+                "this consumer is no longer a member of group {} although the topic exists; rejoining",
+                args.group
+            ),
+            Ok(Ended::Finished) => break consumer.context().sink().flush(&consumer),
+            // After a failure the batch in hand is not trusted; it will be re-read.
+            Err(error) => break Err(error),
+        }
+    };
+    let totals = lock(&sink).totals.clone();
+    log::info!(
+        "stored {} row(s) and {} rejected payload(s)",
+        totals.rows,
+        totals.rejected
+    );
+    result
+}
+
+fn say_what_a_forced_exit_abandons(shutdown: &Shutdown, sink: &Arc<Mutex<Sink>>) {
+    let in_hand = Arc::clone(sink);
+    // The signal thread must not wait for a sink busy writing or reconnecting.
+    shutdown.on_forced_exit(move || match in_hand.try_lock() {
+        Ok(sink) => format!(
+            "a batch of {} message(s), which the next start reads again",
+            sink.batch_len()
+        ),
+        Err(_) => "the batch being written, which the next start reads again".to_owned(),
+    });
+}

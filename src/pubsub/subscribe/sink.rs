@@ -1,0 +1,215 @@
+//! What sub has consumed and not yet committed, and committing it: the batch in hand,
+//! the ledger of offsets, and the PostgreSQL session that stores both together.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::consumer::SinkConsumer;
+use super::ledger::{Ledger, Start, Verdict};
+use super::session::Session;
+use super::store::{self, AcceptedRow, Advance, Batch, CommitError, Origin, RejectedRow};
+use crate::pubsub::message::CheckResult;
+use crate::pubsub::table::TableName;
+
+/// Rows and rejected payloads stored by this process.
+#[derive(Default, Clone)]
+pub struct Totals {
+    pub rows: u64,
+    pub rejected: u64,
+}
+
+pub struct Sink {
+    session: Session,
+    table: TableName,
+    topic: String,
+    pub ledger: Ledger,
+    batch: Batch,
+    batch_started: Option<Instant>,
+    pub totals: Totals,
+    /// An unrecoverable error raised inside a callback, surfaced by the poll loop.
+    pub fatal: Option<anyhow::Error>,
+}
+
+impl Sink {
+    pub fn new(session: Session, table: TableName, topic: String) -> Sink {
+        Sink {
+            session,
+            table,
+            topic,
+            ledger: Ledger::default(),
+            batch: Batch::default(),
+            batch_started: None,
+            totals: Totals::default(),
+            fatal: None,
+        }
+    }
+
+    /// How long until the batch in hand is old enough to be written.
+    pub fn time_left(&self, batch_age: Duration) -> Duration {
+        self.batch_started.map_or(batch_age, |started| {
+            batch_age.saturating_sub(started.elapsed())
+        })
+    }
+
+    pub fn batch_len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Adds one message to the batch, unless PostgreSQL or the batch already holds it.
+    pub fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        match self.ledger.judge(partition, offset) {
+            Verdict::Held | Verdict::NotAssigned => return,
+            Verdict::TakeAfterGap { missing } => log::warn!(
+                "partition {partition}: offsets {}..{} are gone from Kafka (retention?); continuing at {offset}",
+                missing.start,
+                missing.end
+            ),
+            Verdict::Take => {}
+        }
+        let origin = Origin {
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        };
+        match CheckResult::decode(origin.payload.as_deref()) {
+            Ok(check) => self.batch.accepted.push(AcceptedRow { check, origin }),
+            Err(reason) => {
+                log::warn!("partition {partition} offset {offset} rejected: {reason}");
+                self.batch.rejected.push(RejectedRow {
+                    origin,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        self.batch_started.get_or_insert_with(Instant::now);
+    }
+
+    /// Commits the batch in PostgreSQL, then tells Kafka. On a failure or a fence, the
+    /// batch is dropped and consumption restarts from the stored offsets.
+    pub fn flush(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_started = None;
+        match self.commit(batch) {
+            Ok(batch) => {
+                self.committed(consumer, &batch);
+                Ok(())
+            }
+            Err(CommitError::Fenced { partition }) => {
+                log::warn!("partition {partition} was taken over; re-reading from stored offsets");
+                self.rewind(consumer)
+            }
+            Err(CommitError::Refused(error) | CommitError::Database(error)) => {
+                self.session
+                    .recover(&error)
+                    .with_context(|| format!("storing into {}", self.table))?;
+                self.rewind(consumer)
+            }
+        }
+    }
+
+    /// One transaction for the batch and its offsets; a batch PostgreSQL refuses for
+    /// its data is sorted out row by row, in a second one.
+    fn commit(&mut self, batch: Batch) -> Result<Batch, CommitError> {
+        let advance = Advance {
+            expected: self.ledger.expected(),
+            next: self.ledger.pending(),
+        };
+        let client = self.session.client();
+        match store::commit_batch(client, &self.table, &self.topic, &batch, &advance) {
+            Ok(()) => Ok(batch),
+            Err(CommitError::Refused(error)) => {
+                log::warn!(
+                    "PostgreSQL refused a batch of {}: {}; finding the message(s) it refuses",
+                    batch.len(),
+                    store::describe(&error)
+                );
+                store::commit_sorting_out(client, &self.table, &self.topic, batch, &advance)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn committed(&mut self, consumer: &SinkConsumer, batch: &Batch) {
+        self.totals.rows += batch.accepted.len() as u64;
+        self.totals.rejected += batch.rejected.len() as u64;
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &next) in self.ledger.pending() {
+            let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+        }
+        self.ledger.committed();
+        // Kafka's committed offsets are a courtesy for lag tools; the truth is in
+        // PostgreSQL, so a failure here loses nothing.
+        if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            log::warn!("Kafka offset commit failed (rows are safe in PostgreSQL): {error}");
+        }
+    }
+
+    /// Reloads the stored offsets of every assigned partition and seeks to them.
+    fn rewind(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
+        let partitions = self.ledger.partitions();
+        let stored = self
+            .stored_offsets(&partitions)
+            .context("reading stored offsets")?;
+        for (partition, start) in self.ledger.rewind(&stored) {
+            consumer
+                .seek(
+                    &self.topic,
+                    partition,
+                    offset(start),
+                    Duration::from_secs(10),
+                )
+                .with_context(|| format!("seeking partition {partition}"))?;
+        }
+        Ok(())
+    }
+
+    /// Points each newly assigned partition at the offset PostgreSQL holds for it.
+    pub fn on_assign(&mut self, partitions: &mut TopicPartitionList) {
+        let numbers: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        // A failure ends the run, but the hook must assign something: see
+        // Ledger::assign for why starting from nothing stored is safe meanwhile.
+        let stored = self.stored_offsets(&numbers).unwrap_or_else(|error| {
+            self.fatal = Some(error.context("reading stored offsets on assignment"));
+            BTreeMap::new()
+        });
+        for (partition, start) in self.ledger.assign(&numbers, &stored) {
+            let _ = partitions.set_partition_offset(&self.topic, partition, offset(start));
+        }
+        log::info!("assigned partitions {:?}", self.ledger.partitions());
+    }
+
+    /// Gives every partition up, with the batch in hand (it is read again by whoever
+    /// gets the partitions).
+    pub fn on_revoke(&mut self) {
+        log::info!("partitions {:?} revoked", self.ledger.revoke());
+        self.batch = Batch::default();
+        self.batch_started = None;
+    }
+
+    fn stored_offsets(&mut self, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let (table, topic) = (&self.table, &self.topic);
+        self.session
+            .retrying(|client| store::stored_offsets(client, table, topic, partitions))
+    }
+}
+
+fn offset(start: Start) -> Offset {
+    match start {
+        Start::At(offset) => Offset::Offset(offset),
+        Start::Beginning => Offset::Beginning,
+    }
+}
