@@ -1,7 +1,7 @@
 //! What `pub` checks: targets from flags, env and a targets file, each with its own
 //! rules, and the value parsers of those rules (URLs, patterns, statuses).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -225,10 +225,11 @@ pub fn load(
     defaults: &Defaults,
 ) -> Result<Vec<Target>, UsageError> {
     let mut targets: Vec<Target> = Vec::with_capacity(urls.len());
+    let mut flagged: HashSet<Url> = HashSet::with_capacity(urls.len());
     for UrlArg(text) in urls {
         let url =
             parse_url(text).map_err(|e| UsageError::new(format!("--target (TARGET): {e}")))?;
-        if targets.iter().any(|t| t.url == url) {
+        if !flagged.insert(url.clone()) {
             return Err(UsageError::new(format!(
                 "--target (TARGET): '{}' is given twice",
                 masked(&url)
@@ -237,8 +238,9 @@ pub fn load(
         targets.push(Target::new(url, defaults));
     }
     if let Some(file) = file {
+        // The file's own repeats were refused with their lines; only the flags' remain.
         for target in load_file(file, defaults)? {
-            if targets.iter().any(|t| t.url == target.url) {
+            if flagged.contains(&target.url) {
                 return Err(UsageError::new(format!(
                     "{}: '{}' is also given with --target (TARGET)",
                     file.display(),
