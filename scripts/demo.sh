@@ -59,4 +59,6 @@ psql "$POSTGRESQL_DSN" -c "
   SELECT checked_at, target, ok, http_status, round(latency_ms::numeric, 2) AS latency_ms,
          error_kind, pattern_found
   FROM demo_checks ORDER BY checked_at DESC, target LIMIT $((rounds * 3))"
+echo "demo: what report makes of them:" >&2
+"$bin" report
 echo "demo: the stack is still running; explore with: psql \"$POSTGRESQL_DSN\"" >&2

@@ -48,6 +48,7 @@ impl Cli {
                 &mut args.kafka
             }
             Command::Sub(args) => &mut args.kafka,
+            Command::Report(_) => return Ok(cli),
         };
         let cert_from_env =
             sub_matches.value_source("ssl_cert_file") == Some(ValueSource::EnvVariable);
@@ -64,6 +65,8 @@ pub enum Command {
     Pub(PubArgs),
     /// Consume check results from Kafka and store each one in PostgreSQL exactly once.
     Sub(SubArgs),
+    /// Answer what is up, what was down and how often, from what sub stored.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -217,11 +220,9 @@ pub struct PubArgs {
     pub max_body_bytes: u64,
 }
 
+/// Where the results live: shared by sub, which writes them, and report, which reads them.
 #[derive(Debug, Clone, Args)]
-pub struct SubArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-
+pub struct DatabaseArgs {
     /// PostgreSQL connection: a libpq key=value string or a postgres:// URL, including sslmode.
     #[arg(
         long,
@@ -235,6 +236,15 @@ pub struct SubArgs {
     /// Results table, optionally schema-qualified.
     #[arg(long, env = "POSTGRESQL_TABLE", default_value = "checks", value_parser = TableName::parse)]
     pub table: TableName,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Kafka consumer group.
     #[arg(long, env = "KAFKA_GROUP", default_value = "metrics-flow")]
@@ -253,9 +263,76 @@ pub struct SubArgs {
     #[arg(long, env = "BATCH_SIZE", default_value = "5000", value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub batch_size: u32,
 
+    /// Days of results kept: older day partitions are dropped whole, at start and
+    /// hourly [default: 0, keep forever].
+    #[arg(
+        long,
+        env = "RETENTION_DAYS",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    pub retention_days: u32,
+
+    /// Days of hourly rollups kept, dropped the same way [default: 0, keep forever].
+    #[arg(
+        long,
+        env = "ROLLUP_RETENTION_DAYS",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    pub rollup_retention_days: u32,
+
+    /// Consecutive failed checks that open an incident.
+    #[arg(long, env = "DOWN_AFTER", default_value = "3", value_parser = clap::value_parser!(u32).range(1..=1000), allow_negative_numbers = true)]
+    pub down_after: u32,
+
+    /// Consecutive good checks that close it.
+    #[arg(long, env = "UP_AFTER", default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000), allow_negative_numbers = true)]
+    pub up_after: u32,
+
     /// A batch is written once its oldest message has waited this many milliseconds.
     #[arg(long = "batch-age-ms", env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis, allow_negative_numbers = true)]
     pub batch_age: Duration,
+}
+
+/// How `report` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Only the targets whose URL contains this text.
+    #[arg(long = "target", env = "REPORT_TARGET", value_name = "SUBSTRING")]
+    pub target: Option<String>,
+
+    /// Output: an aligned table, JSON or CSV.
+    #[arg(
+        long,
+        env = "REPORT_FORMAT",
+        value_enum,
+        default_value = "table",
+        ignore_case = true
+    )]
+    pub format: ReportFormat,
+
+    /// Also write a self-contained HTML status page to this file.
+    #[arg(long, env = "REPORT_HTML", value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Run the report's queries under EXPLAIN ANALYZE and print their plans instead.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// Seconds to keep retrying an unreachable PostgreSQL before exiting 1.
+    #[arg(long, env = "CONNECT_DEADLINE", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
+    pub connect_deadline: Duration,
 }
 
 /// A topic name as Kafka accepts it: 1 to 249 of `a-z A-Z 0-9 . _ -`, but not `.` or
@@ -293,7 +370,7 @@ mod tests {
     fn pub_args(args: &[&str]) -> PubArgs {
         match parse(args).expect("parses").command {
             Command::Pub(p) => p,
-            Command::Sub(_) => panic!("expected pub"),
+            _ => panic!("expected pub"),
         }
     }
 
@@ -372,6 +449,6 @@ mod tests {
         };
         assert_eq!(sub.kafka.security_protocol, Some(SecurityProtocol::SaslSsl));
         assert_eq!(sub.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
-        assert_eq!(sub.table.to_string(), "\"checks\"");
+        assert_eq!(sub.database.table.to_string(), "\"checks\"");
     }
 }

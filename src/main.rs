@@ -34,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pub(args) => pubsub::publish::run(args, shutdown),
         Command::Sub(args) => pubsub::subscribe::run(args, shutdown),
+        Command::Report(args) => pubsub::report::run(args, shutdown),
     }
 }
 

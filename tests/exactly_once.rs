@@ -19,12 +19,17 @@ use common::*;
 const INGEST_LIMIT: Duration = Duration::from_secs(150);
 const EXIT_LIMIT: Duration = Duration::from_secs(60);
 
+/// Incidents at every failure and every recovery, so that the messages of a run
+/// (every seventh a failure) open and close many.
+const THRESHOLDS: [&str; 4] = ["--down-after", "1", "--up-after", "1"];
+
 /// `sub` on the test topic with small batches, so a run spans many transactions.
 /// The connect deadline outlasts a service restart on a busy machine.
 fn sub(stack: &Stack, topic: &str, table: &str, group: &str) -> std::process::Command {
     let mut command = metrics_flow(stack, topic);
     command
         .args(["sub", "--table", table, "--group", group])
+        .args(THRESHOLDS)
         .args(["--batch-size", "500"])
         .env("BATCH_AGE_MS", "50")
         .env("CONNECT_DEADLINE", "120");
@@ -95,6 +100,58 @@ fn assert_exactly(stack: &Stack, table: &str, topic: &str, n: usize) {
         next, n as i64,
         "stored offsets should cover exactly the {n} messages"
     );
+    assert_derived_exactly(stack, table, topic);
+}
+
+/// The derived tables are exactly once too: the rollups equal a GROUP BY over the
+/// rows, and the statuses and incidents equal those of one clean run over the same
+/// messages, into a table of its own.
+fn assert_derived_exactly(stack: &Stack, table: &str, topic: &str) {
+    assert_hourly_matches_rows(stack, table);
+    let clean = format!("{table}_c");
+    run_ok(
+        metrics_flow(stack, topic)
+            .args([
+                "sub",
+                "--once",
+                "--table",
+                &clean,
+                "--group",
+                &unique("clean"),
+            ])
+            .args(THRESHOLDS),
+    );
+    let incidents = stack.count(&format!("{clean}_incidents"));
+    assert!(incidents > 0, "the run should have had incidents");
+    for (suffix, columns) in [
+        (
+            "_incidents",
+            "target, location, started_at, ended_at, error_kind, failed_checks, last_error_text",
+        ),
+        (
+            "_status",
+            "target, location, state, since, last_checked_at, consecutive_failures,
+             consecutive_successes, last_error_kind, last_error_text",
+        ),
+    ] {
+        let differ: i64 = stack
+            .pg()
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (
+                         (SELECT {columns} FROM {table}{suffix}
+                          EXCEPT ALL SELECT {columns} FROM {clean}{suffix})
+                         UNION ALL
+                         (SELECT {columns} FROM {clean}{suffix}
+                          EXCEPT ALL SELECT {columns} FROM {table}{suffix})) d"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "{table}{suffix} differs from a clean run's");
+    }
+    eprintln!("{incidents} incident(s), the same as a clean run's");
 }
 
 /// The rows a subscriber says it stored, from its last log line.
@@ -138,14 +195,12 @@ fn sigkill_during_ingest_neither_loses_nor_duplicates() {
     }
     eprintln!("rows when sub was killed: {killed_at:?}");
 
-    run_ok(metrics_flow(&stack, &topic).args([
-        "sub",
-        "--once",
-        "--table",
-        &table,
-        "--group",
-        &format!("{topic}_last"),
-    ]));
+    run_ok(
+        metrics_flow(&stack, &topic)
+            .args(["sub", "--once", "--table", &table])
+            .args(["--group", &format!("{topic}_last")])
+            .args(THRESHOLDS),
+    );
     assert_exactly(&stack, &table, &topic, N);
 }
 

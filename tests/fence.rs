@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use common::*;
 use metrics_flow::pubsub::message::CheckResult;
+use metrics_flow::pubsub::subscribe::derived::Thresholds;
 use metrics_flow::pubsub::subscribe::migrations::migrate;
+use metrics_flow::pubsub::subscribe::partitions::Partitions;
 use metrics_flow::pubsub::subscribe::store::{
-    commit_batch, stored_offsets, AcceptedRow, Advance, Batch, CommitError, Origin,
+    commit_batch, stored_offsets, AcceptedRow, Advance, Batch, CommitError, Destination, Origin,
 };
 use metrics_flow::pubsub::table::TableName;
 
@@ -36,7 +38,25 @@ fn a_consumer_that_lost_its_partition_is_fenced_off() {
     let stack = Stack::shared();
     let mut client = stack.pg();
     let table = TableName::parse(&unique("fence")).unwrap();
-    migrate(&mut client, &table).unwrap();
+    let thresholds = Thresholds {
+        down_after: 3,
+        up_after: 2,
+    };
+    migrate(&mut client, &table, thresholds).unwrap();
+    let today = chrono::Utc::now().date_naive();
+    Partitions::load(&mut client, &table)
+        .unwrap()
+        .ensure(
+            &mut client,
+            &table,
+            &[today, today.succ_opt().unwrap()].into(),
+        )
+        .unwrap();
+    let to = Destination {
+        table: &table,
+        topic: "t",
+        thresholds,
+    };
     let count = |client: &mut postgres::Client| -> i64 {
         let sql = format!("SELECT count(*) FROM {table}");
         client.query_one(&sql, &[]).unwrap().get(0)
@@ -48,7 +68,7 @@ fn a_consumer_that_lost_its_partition_is_fenced_off() {
             expected: &expected,
             next: &next,
         };
-        commit_batch(client, &table, "t", &batch(0, range), &advance)
+        commit_batch(client, &to, &batch(0, range), &advance)
     };
 
     // The first owner stores offsets 0..10; the partition's stored offset is now 10.

@@ -23,24 +23,6 @@ fn json(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap()
 }
 
-/// Sends each value as one message, keyed by its target, to partition 0 in order.
-fn produce_values(stack: &Stack, topic: &str, values: &[Value]) {
-    let payloads: Vec<(Vec<u8>, Vec<u8>)> = values
-        .iter()
-        .map(|v| {
-            (
-                v["target"].as_str().unwrap_or("").as_bytes().to_vec(),
-                json(v),
-            )
-        })
-        .collect();
-    let messages: Vec<RawMessage<'_>> = payloads
-        .iter()
-        .map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice())))
-        .collect();
-    produce_raw(stack, topic, &messages);
-}
-
 fn stored_ids(stack: &Stack, table: &str) -> Vec<String> {
     let mut ids: Vec<String> = stack
         .pg()
@@ -96,7 +78,7 @@ fn a_nul_in_any_text_field_is_rejected_with_postgres_reason_and_the_rest_is_stor
     let mut all = vec![valid[0].clone()];
     all.extend(poisoned.iter().cloned());
     all.extend(valid[1..].iter().cloned());
-    produce_values(&stack, &topic, &all);
+    produce_json(&stack, &topic, &all);
 
     let log = sub_once(&stack, &topic, &topic);
     assert_eq!(
@@ -129,7 +111,7 @@ fn a_nul_in_any_text_field_is_rejected_with_postgres_reason_and_the_rest_is_stor
 fn a_batch_refused_for_an_unforeseen_reason_is_bisected_down_to_the_offenders() {
     let stack = Stack::shared();
     let topic = unique("bisect");
-    produce_values(&stack, &topic, &[check_value(0)]);
+    produce_json(&stack, &topic, &[check_value(0)]);
     sub_once(&stack, &topic, &topic);
     // A rule of the user's own that sub knows nothing about.
     stack
@@ -142,7 +124,7 @@ fn a_batch_refused_for_an_unforeseen_reason_is_bisected_down_to_the_offenders() 
     for index in [7, 100, 199] {
         values[index]["latency_ms"] = 5000.0.into();
     }
-    produce_values(&stack, &topic, &values);
+    produce_json(&stack, &topic, &values);
 
     sub_once(&stack, &topic, &topic);
     assert_eq!(stack.count(&topic), 1 + 197);
@@ -169,7 +151,7 @@ fn the_same_id_twice_is_stored_once_and_the_copy_rejected_as_a_duplicate() {
     let mut same_id_other_time = check_value(2);
     same_id_other_time["id"] = original["id"].clone();
     same_id_other_time["checked_at"] = "2026-01-01T00:00:00Z".into();
-    produce_values(
+    produce_json(
         &stack,
         &topic,
         &[
@@ -181,7 +163,7 @@ fn the_same_id_twice_is_stored_once_and_the_copy_rejected_as_a_duplicate() {
     );
     sub_once(&stack, &topic, &topic);
     // A replay of the same message in a later batch.
-    produce_values(
+    produce_json(
         &stack,
         &topic,
         &[original.clone(), same_id_other_time.clone()],
@@ -224,7 +206,7 @@ fn values_no_check_can_have_are_rejected_with_a_reason() {
         value[*field] = bad.clone();
         values.push(value);
     }
-    produce_values(&stack, &topic, &values);
+    produce_json(&stack, &topic, &values);
 
     sub_once(&stack, &topic, &topic);
     assert_eq!(stored_ids(&stack, &topic), ids_of(&[&valid]));

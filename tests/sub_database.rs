@@ -84,7 +84,16 @@ fn a_current_schema_needs_only_row_privileges() {
         "GRANT CONNECT ON DATABASE metrics TO metrics_limited;
          GRANT USAGE ON SCHEMA public TO metrics_limited;",
     );
-    for suffix in ["", "_rejected", "_offsets", "_migrations"] {
+    for suffix in [
+        "",
+        "_rejected",
+        "_offsets",
+        "_migrations",
+        "_hourly",
+        "_daily",
+        "_status",
+        "_incidents",
+    ] {
         grants.push_str(&format!(
             "GRANT SELECT, INSERT, UPDATE ON {topic}{suffix} TO metrics_limited;"
         ));

@@ -74,7 +74,33 @@ fn results_stored_twice_by_schema_version_2_move_aside_and_no_row_is_lost() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
+    // The old rows are one partition now, and what sub derives was derived from them.
+    let partitions: Vec<String> = stack
+        .pg()
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = to_regclass($1)",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        partitions
+            .iter()
+            .any(|p| p.starts_with(&format!("{table}_before"))),
+        "{partitions:?}"
+    );
+    assert_hourly_matches_rows(&stack, &table);
+    let statuses = stack.count(&format!("{table}_status"));
+    let targets: i64 = stack
+        .pg()
+        .query_one(&format!("SELECT count(DISTINCT target) FROM {table}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(statuses, targets, "a status for each target, old or new");
     // The same result again is now refused by the unique (id, checked_at).
     let copy = stack.pg().execute(
         &format!(

@@ -26,6 +26,28 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Dns,
+        ErrorKind::Refused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::Timeout,
+        ErrorKind::Tls,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+        ErrorKind::TooManyRedirects,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Status,
+        ErrorKind::Pattern,
+        ErrorKind::Other,
+    ];
+
+    /// The kind of a wire name, as stored in a table.
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
     /// The wire name, without going through serde; a test keeps the two in step.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +118,12 @@ pub struct Details {
     /// How much later than scheduled the check started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_lag_ms: Option<f64>,
+    /// Where the pub that made the check runs (`--location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Which pub process made the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 /// Why `sub` refused a payload; stored as the rejected row's reason.
@@ -226,6 +254,8 @@ impl CheckResult {
             self.pattern.as_mut(),
             details.http_version.as_mut(),
             details.final_url.as_mut(),
+            details.location.as_mut(),
+            details.probe.as_mut(),
         ];
         for text in texts.into_iter().flatten() {
             if text.contains('\0') {
@@ -338,25 +368,11 @@ mod tests {
         assert_eq!(kind, "too_many_redirects");
     }
 
-    const ALL_KINDS: [ErrorKind; 12] = [
-        ErrorKind::Dns,
-        ErrorKind::Refused,
-        ErrorKind::ConnectTimeout,
-        ErrorKind::Timeout,
-        ErrorKind::Tls,
-        ErrorKind::Reset,
-        ErrorKind::Protocol,
-        ErrorKind::TooManyRedirects,
-        ErrorKind::BodyTooLarge,
-        ErrorKind::Status,
-        ErrorKind::Pattern,
-        ErrorKind::Other,
-    ];
-
     #[test]
     fn kind_names_match_serde() {
-        for kind in ALL_KINDS {
+        for kind in ErrorKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
         }
     }
 

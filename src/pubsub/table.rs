@@ -50,6 +50,25 @@ impl TableName {
         format!("\"{}_{what}_idx\"", self.name)
     }
 
+    /// The index of [`TableName::index_name`] with the table's schema, for `ALTER` and
+    /// `DROP INDEX`, which look it up (`CREATE INDEX` puts it in the table's schema).
+    pub fn qualified_index_name(&self, what: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("\"{schema}\".{}", self.index_name(what)),
+            None => self.index_name(what),
+        }
+    }
+
+    /// The name without its schema, unquoted.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name without its schema, quoted, for `ALTER TABLE ... RENAME TO <name>`.
+    pub fn quoted_name(&self) -> String {
+        format!("\"{}\"", self.name)
+    }
+
     /// The unquoted qualified name, used as the advisory lock key.
     pub fn plain(&self) -> String {
         match &self.schema {
@@ -88,6 +107,12 @@ mod tests {
                 .with_suffix("_rejected")
                 .to_string(),
             "\"m\".\"checks_rejected\""
+        );
+        let qualified = TableName::parse("m.checks").unwrap();
+        assert_eq!(qualified.index_name("time"), "\"checks_time_idx\"");
+        assert_eq!(
+            qualified.qualified_index_name("time"),
+            "\"m\".\"checks_time_idx\""
         );
         for bad in [
             "",

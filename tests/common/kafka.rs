@@ -196,3 +196,19 @@ pub fn produce_checks(stack: &Stack, topic: &str, count: usize) {
     producer.send(count);
     producer.flush();
 }
+
+/// Sends each value as one message, keyed by its target, to partition 0 in order.
+pub fn produce_json(stack: &Stack, topic: &str, values: &[serde_json::Value]) {
+    let payloads: Vec<(Vec<u8>, Vec<u8>)> = values
+        .iter()
+        .map(|v| {
+            let key = v["target"].as_str().unwrap_or("").as_bytes().to_vec();
+            (key, serde_json::to_vec(v).expect("JSON always serializes"))
+        })
+        .collect();
+    let messages: Vec<RawMessage<'_>> = payloads
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice())))
+        .collect();
+    produce_raw(stack, topic, &messages);
+}

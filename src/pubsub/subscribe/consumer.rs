@@ -78,6 +78,7 @@ pub fn consume(
         if let Some(fatal) = sink.fatal.take() {
             return Err(fatal);
         }
+        sink.maintain();
         if sink.batch_len() >= args.batch_size as usize || sink.time_left(args.batch_age).is_zero()
         {
             sink.flush(consumer)?;

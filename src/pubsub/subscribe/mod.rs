@@ -3,13 +3,18 @@
 //! assignment, and are fenced on every commit (see [`ledger`]).
 //!
 //! The path of a message: [`consumer`] polls it, [`sink`] judges it against the
-//! [`ledger`] and batches it, and [`store`] writes the batch and the offsets in one
-//! transaction over the [`session`], into the tables [`migrations`] made.
+//! [`ledger`] and batches it, and [`store`] writes the batch, what [`derived`] makes of
+//! it (rollups, status, incidents) and the offsets in one transaction over the
+//! [`session`], into the day [`partitions`] of the tables [`migrations`] made.
 
+mod answers;
+mod backfill;
 mod consumer;
+pub mod derived;
 pub mod ledger;
 mod membership;
 pub mod migrations;
+pub mod partitions;
 mod session;
 mod sink;
 pub mod store;
@@ -20,9 +25,10 @@ use anyhow::Context;
 use rdkafka::consumer::Consumer;
 
 use consumer::Ended;
+use derived::Thresholds;
 use membership::Membership;
 use session::Session;
-use sink::Sink;
+use sink::{Keeping, Sink};
 
 use crate::cli::SubArgs;
 use crate::pubsub::pgconn::PgConnector;
@@ -32,13 +38,31 @@ use crate::sync::lock;
 pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // Every setting is checked before anything is contacted, so bad input exits 2 at once.
     let kafka_config = consumer::consumer_config(&args)?;
-    let connector = PgConnector::parse(args.dsn.expose())?;
+    let connector = PgConnector::parse(args.database.dsn.expose())?;
     let mut session = Session::open(connector, args.kafka.connect_deadline, &shutdown)?;
-    migrations::migrate(session.client(), &args.table)
-        .with_context(|| format!("migrating the schema of {}", args.table))?;
-    log::info!("storing into {} on {}", args.table, session.describe());
+    let keeping = Keeping {
+        thresholds: Thresholds {
+            down_after: args.down_after,
+            up_after: args.up_after,
+        },
+        retention_days: args.retention_days,
+        rollup_retention_days: args.rollup_retention_days,
+    };
+    migrations::migrate(session.client(), &args.database.table, keeping.thresholds)
+        .with_context(|| format!("migrating the schema of {}", args.database.table))?;
+    log::info!(
+        "storing into {} on {}",
+        args.database.table,
+        session.describe()
+    );
 
-    let sink = Sink::new(session, args.table.clone(), args.kafka.topic.clone());
+    let mut sink = Sink::new(
+        session,
+        args.database.table.clone(),
+        args.kafka.topic.clone(),
+        keeping,
+    )?;
+    sink.maintain();
     let sink = Arc::new(Mutex::new(sink));
     say_what_a_forced_exit_abandons(&shutdown, &sink);
     let result = loop {

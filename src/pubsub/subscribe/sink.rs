@@ -1,8 +1,10 @@
 //! What sub has consumed and not yet committed, and committing it: the batch in hand,
 //! the ledger of offsets, and the PostgreSQL session that stores both together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+use chrono::Utc;
 
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -10,11 +12,28 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::consumer::SinkConsumer;
+use super::derived::Thresholds;
 use super::ledger::{Ledger, Start, Verdict};
+use super::partitions::{day_of, Partitions};
 use super::session::Session;
-use super::store::{self, AcceptedRow, Advance, Batch, CommitError, Origin, RejectedRow};
-use crate::pubsub::message::CheckResult;
+use super::store::{
+    self, AcceptedRow, Advance, Batch, CommitError, Destination, Origin, RejectedRow,
+};
+use crate::pubsub::message::{CheckResult, Rejection};
 use crate::pubsub::table::TableName;
+
+/// How often partitions are made ahead and expired ones dropped.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+
+/// What sub keeps, and what it derives.
+#[derive(Debug, Clone, Copy)]
+pub struct Keeping {
+    pub thresholds: Thresholds,
+    /// Days of results kept; 0 keeps them forever.
+    pub retention_days: u32,
+    /// Days of hourly rollups kept; 0 keeps them forever.
+    pub rollup_retention_days: u32,
+}
 
 /// Rows and rejected payloads stored by this process.
 #[derive(Default, Clone)]
@@ -27,6 +46,9 @@ pub struct Sink {
     session: Session,
     table: TableName,
     topic: String,
+    keeping: Keeping,
+    partitions: Partitions,
+    maintained: Option<Instant>,
     pub ledger: Ledger,
     batch: Batch,
     batch_started: Option<Instant>,
@@ -36,16 +58,76 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(session: Session, table: TableName, topic: String) -> Sink {
-        Sink {
+    pub fn new(
+        mut session: Session,
+        table: TableName,
+        topic: String,
+        keeping: Keeping,
+    ) -> anyhow::Result<Sink> {
+        let partitions = Partitions::load(session.client(), &table)
+            .map_err(|e| anyhow::anyhow!(store::describe(&e)))
+            .with_context(|| format!("listing the partitions of {table}"))?;
+        Ok(Sink {
             session,
             table,
             topic,
+            keeping,
+            partitions,
+            maintained: None,
             ledger: Ledger::default(),
             batch: Batch::default(),
             batch_started: None,
             totals: Totals::default(),
             fatal: None,
+        })
+    }
+
+    /// Now and then (at start, then hourly): makes today's and tomorrow's partitions,
+    /// and drops those past the retention, saying so for each. A failure is logged
+    /// and tried again at the next round: nothing waits for it.
+    pub fn maintain(&mut self) {
+        if self
+            .maintained
+            .is_some_and(|at| at.elapsed() < MAINTAIN_EVERY)
+        {
+            return;
+        }
+        self.maintained = Some(Instant::now());
+        let now = Utc::now();
+        let ahead: BTreeSet<_> = [now, now + chrono::Duration::days(1)]
+            .into_iter()
+            .map(day_of)
+            .collect();
+        let client = self.session.client();
+        if let Err(error) = self.partitions.ensure(client, &self.table, &ahead) {
+            log::warn!(
+                "could not make the partitions ahead: {}",
+                store::describe(&error)
+            );
+        }
+        let Keeping {
+            retention_days,
+            rollup_retention_days,
+            ..
+        } = self.keeping;
+        match self.partitions.drop_expired(
+            client,
+            &self.table,
+            now,
+            retention_days,
+            rollup_retention_days,
+        ) {
+            Ok(dropped) => {
+                for partition in dropped {
+                    log::info!(
+                        "dropped partition {partition}: past the retention (--retention-days {retention_days}, --rollup-retention-days {rollup_retention_days})"
+                    );
+                }
+            }
+            Err(error) => log::warn!(
+                "could not drop expired partitions: {}",
+                store::describe(&error)
+            ),
         }
     }
 
@@ -78,7 +160,7 @@ impl Sink {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
         };
-        match CheckResult::decode(origin.payload.as_deref()) {
+        match CheckResult::decode(origin.payload.as_deref()).and_then(|c| self.kept(c)) {
             Ok(check) => self.batch.accepted.push(AcceptedRow { check, origin }),
             Err(reason) => {
                 log::warn!("partition {partition} offset {offset} rejected: {reason}");
@@ -89,6 +171,19 @@ impl Sink {
             }
         }
         self.batch_started.get_or_insert_with(Instant::now);
+    }
+
+    /// A result older than the retention would land in a partition about to be
+    /// dropped, or make one for a day long gone: it is refused instead.
+    fn kept(&self, check: CheckResult) -> Result<CheckResult, Rejection> {
+        let days = self.keeping.retention_days;
+        if days > 0 && check.checked_at < Utc::now() - chrono::Duration::days(i64::from(days)) {
+            return Err(Rejection::Invalid(format!(
+                "checked_at {} is older than --retention-days {days}",
+                check.checked_at.to_rfc3339()
+            )));
+        }
+        Ok(check)
     }
 
     /// Commits the batch in PostgreSQL, then tells Kafka. On a failure or a fence, the
@@ -120,12 +215,33 @@ impl Sink {
     /// One transaction for the batch and its offsets; a batch PostgreSQL refuses for
     /// its data is sorted out row by row, in a second one.
     fn commit(&mut self, batch: Batch) -> Result<Batch, CommitError> {
+        let days = batch
+            .accepted
+            .iter()
+            .map(|row| day_of(row.check.checked_at))
+            .collect();
+        // Without its partition a row is refused and rejected, not lost: the batch
+        // still commits.
+        if let Err(error) = self
+            .partitions
+            .ensure(self.session.client(), &self.table, &days)
+        {
+            log::warn!(
+                "could not make the partitions of this batch: {}",
+                store::describe(&error)
+            );
+        }
         let advance = Advance {
             expected: self.ledger.expected(),
             next: self.ledger.pending(),
         };
+        let to = Destination {
+            table: &self.table,
+            topic: &self.topic,
+            thresholds: self.keeping.thresholds,
+        };
         let client = self.session.client();
-        match store::commit_batch(client, &self.table, &self.topic, &batch, &advance) {
+        match store::commit_batch(client, &to, &batch, &advance) {
             Ok(()) => Ok(batch),
             Err(CommitError::Refused(error)) => {
                 log::warn!(
@@ -133,7 +249,7 @@ impl Sink {
                     batch.len(),
                     store::describe(&error)
                 );
-                store::commit_sorting_out(client, &self.table, &self.topic, batch, &advance)
+                store::commit_sorting_out(client, &to, batch, &advance)
             }
             Err(other) => Err(other),
         }

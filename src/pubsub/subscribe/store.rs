@@ -9,6 +9,8 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
+use super::answers;
+use super::derived::Thresholds;
 use crate::pubsub::message::{CheckResult, ErrorKind};
 use crate::pubsub::table::TableName;
 
@@ -58,6 +60,14 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Where a batch goes: the results table (and the tables named after it), the topic
+/// its offsets are of, and the thresholds of the incidents derived from it.
+pub struct Destination<'a> {
+    pub table: &'a TableName,
+    pub topic: &'a str,
+    pub thresholds: Thresholds,
 }
 
 /// How a batch moves its partitions' stored offsets: from `expected`, what PostgreSQL
@@ -147,15 +157,15 @@ pub fn stored_offsets(
 /// [`Advance`].
 pub fn commit_batch(
     client: &mut Client,
-    table: &TableName,
-    topic: &str,
+    to: &Destination<'_>,
     batch: &Batch,
     advance: &Advance<'_>,
 ) -> Result<(), CommitError> {
     let mut tx = client.transaction()?;
-    copy_accepted(&mut tx, table, &batch.accepted)?;
-    copy_rejected(&mut tx, table, &batch.rejected)?;
-    advance_offsets(&mut tx, table, topic, advance)?;
+    copy_accepted(&mut tx, to.table, &batch.accepted)?;
+    copy_rejected(&mut tx, to.table, &batch.rejected)?;
+    answers::apply(&mut tx, to.table, &batch.accepted, to.thresholds)?;
+    advance_offsets(&mut tx, to.table, to.topic, advance)?;
     tx.commit()?;
     Ok(())
 }
@@ -168,11 +178,11 @@ pub fn commit_batch(
 /// batch as committed.
 pub fn commit_sorting_out(
     client: &mut Client,
-    table: &TableName,
-    topic: &str,
+    to: &Destination<'_>,
     batch: Batch,
     advance: &Advance<'_>,
 ) -> Result<Batch, CommitError> {
+    let table = to.table;
     let Batch {
         accepted,
         mut rejected,
@@ -182,7 +192,8 @@ pub fn commit_sorting_out(
     let accepted = copy_bisecting(&mut tx, table, fresh, &mut rejected)?;
     rejected.sort_by_key(|row| (row.origin.partition, row.origin.offset));
     copy_rejected(&mut tx, table, &rejected)?;
-    advance_offsets(&mut tx, table, topic, advance)?;
+    answers::apply(&mut tx, table, &accepted, to.thresholds)?;
+    advance_offsets(&mut tx, table, to.topic, advance)?;
     tx.commit()?;
     Ok(Batch { accepted, rejected })
 }
@@ -352,6 +363,8 @@ columns!(ResultColumns for AcceptedRow {
     redirects: INT4 = |r| r.check.details.redirects.map(|n| n.min(i32::MAX as u32) as i32);
     body_bytes: INT8 = |r| r.check.details.body_bytes.map(|n| n.min(i64::MAX as u64) as i64);
     schedule_lag_ms: FLOAT8 = |r| r.check.details.schedule_lag_ms;
+    location: TEXT = |r| r.check.details.location;
+    probe: TEXT = |r| r.check.details.probe;
 });
 
 columns!(RejectedColumns for RejectedRow {
