@@ -3,18 +3,25 @@
 #
 #   1. throughput: BENCH_MESSAGES (200000) valid messages are pre-loaded into a
 #      fresh topic of BENCH_PARTITIONS (4) partitions, then `sub --once` stores
-#      them all; wall time, rows/s and peak RSS (/usr/bin/time -v).
-#   2. baseline: the same rows, exported to CSV, loaded with psql's \copy into
-#      an empty table made LIKE the results table (same columns and indexes);
-#      rows/s and the ratio sub / COPY.
+#      them all into a fresh table; wall time, rows/s and peak RSS (/usr/bin/time -v).
+#   2. baseline, after each sub run: the same rows, written to a CSV file by the
+#      server and loaded with server-side `COPY ... FROM '<file>'` (as the
+#      superuser, no client in the path) into an empty table identical to the one
+#      sub filled: same columns, indexes and day partitions.
 #   3. latency: `sub` runs continuously while `pub` checks two URLs of a local
-#      web page, each every BENCH_INTERVAL (0.1) s, for BENCH_SECONDS (30) s
-#      (20 checks a second, as one URL every 0.05 s before --delay had its 0.1 s
-#      floor); p50 and p99 of received_at - checked_at, computed in PostgreSQL.
+#      web page, each every BENCH_INTERVAL (0.1) s, for BENCH_SECONDS (30) s;
+#      p50 and p99 of received_at - checked_at, computed in PostgreSQL.
 #
-# Extra `sub` flags (e.g. "--batch-size 20000") go in BENCH_SUB_ARGS. Every run
-# uses new topics and tables, so the script can be run again on the same stack.
-# The stack keeps running afterwards; `scripts/stack.sh stop` stops it.
+# BENCH_COMPARE=<git revision> adds that revision's sub as a second contender
+# (built in a worktree under .cache/), e.g. the release before the derived tables:
+#   BENCH_COMPARE=95e904e BENCH_ROUNDS=3 bash scripts/bench-sub.sh
+# Parts 1 and 2 then run BENCH_ROUNDS (1) times for each contender, alternating
+# which goes first, all reading the same topic; the summary gives min / median / max.
+# Part 3 runs once, for this tree.
+#
+# Extra `sub` flags (e.g. "--batch-size 20000") go in BENCH_SUB_ARGS, for every
+# contender. Every run uses new topics and tables, so the script can be run again
+# on the same stack. The stack keeps running; `scripts/stack.sh stop` stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,82 +30,117 @@ PARTITIONS=${BENCH_PARTITIONS:-4}
 INTERVAL=${BENCH_INTERVAL:-0.1}
 SECONDS_OF_CHECKS=${BENCH_SECONDS:-30}
 SITE_PORT=${BENCH_SITE_PORT:-18081}
+ROUNDS=${BENCH_ROUNDS:-1}
+COMPARE=${BENCH_COMPARE:-}
 read -ra SUB_ARGS <<<"${BENCH_SUB_ARGS:-}"
 
-log() { echo "bench: $*" >&2; }
 now() { date +%s.%N; }
 # rate ROWS SECONDS
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else printf "n/a" }'; }
-# percent A B: A as a percentage of B
-percent() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.0f%%", 100 * a / b; else printf "n/a" }'; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# min / median / max of the numbers on stdin (the lower middle one for an even count)
+spread() { sort -g | awk -v f="${1:-%.2f}" '{ v[NR] = $1 } END { printf f " / " f " / " f, v[1], v[int((NR + 1) / 2)], v[NR] }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-bash scripts/deps.sh
+# shellcheck source=scripts/bench-prelude.sh
+source scripts/bench-prelude.sh
 if [[ ! -x /usr/bin/time ]]; then
     log "installing GNU time (for peak RSS)"
     if ((EUID == 0)); then apt-get install -y -q time >/dev/null; else sudo apt-get install -y -q time >/dev/null; fi
 fi
-stack_env=$(bash scripts/stack.sh start)
-eval "$stack_env"
-cargo build --release --locked --bin metrics-flow --example produce_checks
-bin=${CARGO_TARGET_DIR:-target}/release/metrics-flow
-producer=${CARGO_TARGET_DIR:-target}/release/examples/produce_checks
+labels=(this)
+declare -A binary=([this]=$bin)
+if [[ -n $COMPARE ]]; then
+    rev=$(git rev-parse --short "$COMPARE^{commit}")
+    tree=.cache/bench-worktree-$rev
+    [[ -d $tree ]] || git worktree add --detach "$tree" "$rev" >&2
+    log "building $rev in $tree"
+    (cd "$tree" && CARGO_TARGET_DIR=target cargo build --release --locked --bin metrics-flow)
+    labels=("$rev" this)
+    binary[$rev]=$tree/target/release/metrics-flow
+fi
 
 work=$(mktemp -d)
+# The server writes and reads the baseline's CSV, so its directory is the
+# postgres user's to use.
+server_dir=$(mktemp -d)
+chmod 0777 "$server_dir"
 site_pid=
 sub_pid=
 cleanup() {
     [[ -n $sub_pid ]] && kill -INT "$sub_pid" 2>/dev/null || true
     [[ -n $site_pid ]] && kill "$site_pid" 2>/dev/null || true
-    rm -rf "$work"
+    rm -rf "$work" "$server_dir"
 }
 trap cleanup EXIT
 
-sql() { psql "$POSTGRESQL_DSN" -X -q -v ON_ERROR_STOP=1 -Atc "$1"; }
-columns="id, checked_at, target, ok, http_status, latency_ms, error_kind, error_text, pattern, pattern_found, kafka_partition, kafka_offset"
+superuser_sql() { bash scripts/stack.sh psql -d "$(sql 'SELECT current_database()')" -Atc "$1"; }
 
 run=$(date +%Y%m%d%H%M%S)_$$
 topic=bench_$run
-table=bench_$run
 
-# ------------------------------------------------------------- 1. throughput
+# copy_identical TABLE COPY: an empty COPY with TABLE's columns and indexes, and
+# for a partitioned TABLE the same partitioning and partitions.
+copy_identical() {
+    local table=$1 copy=$2
+    if [[ $(sql "SELECT relkind FROM pg_class WHERE oid = '$table'::regclass") == p ]]; then
+        sql "CREATE TABLE $copy (LIKE $table INCLUDING ALL) PARTITION BY RANGE (checked_at)"
+        sql "DO \$\$ DECLARE p record; BEGIN
+               FOR p IN SELECT row_number() OVER () AS n, pg_get_expr(c.relpartbound, c.oid) AS bound
+                        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                        WHERE i.inhparent = '$table'::regclass LOOP
+                 EXECUTE format('CREATE TABLE %I PARTITION OF $copy %s', '${copy}_' || p.n, p.bound);
+               END LOOP; END \$\$"
+    else
+        sql "CREATE TABLE $copy (LIKE $table INCLUDING ALL)"
+    fi
+}
+
+# throughput LABEL ROUND: sub --once into a new table, then the COPY baseline;
+# appends "label wall steady rss_mib copy batches" to $work/runs.
+throughput() {
+    local label=$1 round=$2
+    local table=${topic}_${label}_$round started finished wall rows rss_kb steady batches copy copied
+    log "round $round: $label sub --once on $N messages into $table"
+    started=$(now)
+    /usr/bin/time -v -o "$work/time.txt" "${binary[$label]}" sub --once --topic "$topic" \
+        --table "$table" --group "$table" "${SUB_ARGS[@]}" 2>"$work/sub.log" ||
+        { tail -n 30 "$work/sub.log" >&2; exit 1; }
+    finished=$(now)
+    wall=$(elapsed "$started" "$finished")
+    rows=$(sql "SELECT count(*) FROM $table")
+    [[ $rows == "$N" ]] || { log "error: sub stored $rows rows, expected $N"; exit 1; }
+    rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$work/time.txt")
+    # From the first batch's transaction to the last one's: the steady rate, without
+    # start-up (connect, migrate, join the group).
+    steady=$(sql "SELECT round(extract(epoch FROM max(received_at) - min(received_at))::numeric, 2) FROM $table")
+    batches=$(sql "SELECT count(DISTINCT received_at) FROM $table")
+
+    log "round $round: baseline, server-side COPY of the same rows into ${table}_copy"
+    superuser_sql "COPY (SELECT * FROM $table) TO '$server_dir/rows.csv' WITH (FORMAT csv)"
+    copy_identical "$table" "${table}_copy"
+    started=$(now)
+    superuser_sql "COPY ${table}_copy FROM '$server_dir/rows.csv' WITH (FORMAT csv)"
+    finished=$(now)
+    copy=$(elapsed "$started" "$finished")
+    copied=$(sql "SELECT count(*) FROM ${table}_copy")
+    [[ $copied == "$N" ]] || { log "error: COPY loaded $copied rows, expected $N"; exit 1; }
+    superuser_sql "DROP TABLE ${table}_copy"
+    echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches" >>"$work/runs"
+}
+
+# ------------------------------------------------------ 1. and 2. throughput
 log "creating topic $topic with $PARTITIONS partitions"
 bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$KAFKA_BROKER" --create --topic "$topic" \
     --partitions "$PARTITIONS" --replication-factor 1 >/dev/null
-
 log "producing $N messages (examples/produce_checks.rs, the crate's own message type)"
 "$producer" "$KAFKA_BROKER" "$topic" "$N"
-
-log "sub --once on $N messages"
-started=$(now)
-/usr/bin/time -v -o "$work/time.txt" "$bin" sub --once --topic "$topic" --table "$table" \
-    --group "$topic" "${SUB_ARGS[@]}" 2>"$work/sub.log" ||
-    { tail -n 30 "$work/sub.log" >&2; exit 1; }
-finished=$(now)
-sub_seconds=$(elapsed "$started" "$finished")
-rows=$(sql "SELECT count(*) FROM $table")
-[[ $rows == "$N" ]] || { log "error: sub stored $rows rows, expected $N"; exit 1; }
-rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$work/time.txt")
-# From the first batch's transaction to the last one's: the steady rate, without
-# start-up (connect, migrate, join the group).
-steady_seconds=$(sql "SELECT round(extract(epoch FROM max(received_at) - min(received_at))::numeric, 2) FROM $table")
-batches=$(sql "SELECT count(DISTINCT received_at) FROM $table")
-
-# ---------------------------------------------------------------- 2. baseline
-log "baseline: \\copy of the same rows into a table LIKE $table"
-sql "\\copy (SELECT $columns FROM $table) TO '$work/rows.csv' WITH (FORMAT csv)"
-sql "CREATE TABLE ${table}_copy (LIKE $table INCLUDING ALL)"
-started=$(now)
-sql "\\copy ${table}_copy ($columns) FROM '$work/rows.csv' WITH (FORMAT csv)"
-finished=$(now)
-copy_seconds=$(elapsed "$started" "$finished")
-copied=$(sql "SELECT count(*) FROM ${table}_copy")
-[[ $copied == "$N" ]] || { log "error: COPY loaded $copied rows, expected $N"; exit 1; }
-
-sub_rate=$(rate "$N" "$sub_seconds")
-steady_rate=$(rate "$N" "$steady_seconds")
-copy_rate=$(rate "$N" "$copy_seconds")
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=("${labels[@]}")
+    if ((round % 2 == 0)); then order=($(printf '%s\n' "${labels[@]}" | tac)); fi
+    for label in "${order[@]}"; do throughput "$label" "$round"; done
+done
 
 # ----------------------------------------------------------------- 3. latency
 log "latency: pub every ${INTERVAL}s for ${SECONDS_OF_CHECKS}s, sub running"
@@ -112,18 +154,18 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 ltopic=${topic}_latency
-ltable=${table}_latency
+ltable=${topic}_latency
 bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$KAFKA_BROKER" --create --topic "$ltopic" \
     --partitions "$PARTITIONS" --replication-factor 1 >/dev/null
-"$bin" sub --topic "$ltopic" --table "$ltable" --group "$ltopic" "${SUB_ARGS[@]}" 2>"$work/sub-latency.log" &
+"${binary[this]}" sub --topic "$ltopic" --table "$ltable" --group "$ltopic" "${SUB_ARGS[@]}" 2>"$work/sub-latency.log" &
 sub_pid=$!
 # Checks start once sub holds its partitions, so none waits for the group to form.
 for _ in $(seq 600); do
     grep -q "assigned partitions" "$work/sub-latency.log" && break
     sleep 0.1
 done
-timeout --signal=INT "$SECONDS_OF_CHECKS" "$bin" pub --topic "$ltopic" --delay "$INTERVAL" \
+timeout --signal=INT "$SECONDS_OF_CHECKS" "${binary[this]}" pub --topic "$ltopic" --delay "$INTERVAL" \
     --pattern 'all is well' --target "http://127.0.0.1:$SITE_PORT/?a" \
     --target "http://127.0.0.1:$SITE_PORT/?b" 2>"$work/pub.log" || true
 published=$(bash scripts/stack.sh kafka-tool org.apache.kafka.tools.GetOffsetShell \
@@ -144,18 +186,35 @@ read -r p50 p99 max < <(sql "
     tr '|' ' ')
 
 # ------------------------------------------------------------------ report
-cores=$(nproc)
+# column LABEL FIELD: that field of LABEL's runs, one per line
+column() { awk -v l="$1" -v f="$2" '$1 == l { print $f }' "$work/runs"; }
+# ratios LABEL SUB_FIELD COPY_FIELD: sub's rate as a percentage of COPY's, per run
+ratios() { awk -v l="$1" -v s="$2" -v c="$3" '$1 == l { printf "%.0f\n", 100 * $c / $s }' "$work/runs"; }
 cat <<EOF
 
-sub benchmark ($cores cores; topic $topic, $PARTITIONS partitions; sub flags: ${BENCH_SUB_ARGS:-defaults})
+sub benchmark ($(nproc) cores; topic $topic, $PARTITIONS partitions, $N messages; sub flags: ${BENCH_SUB_ARGS:-defaults})
+$ROUNDS round(s); min / median / max; "this" is the working tree$([[ -n $COMPARE ]] && echo ", $rev is BENCH_COMPARE")
 
-throughput, $N messages
-  sub --once, wall time       ${sub_seconds} s   $sub_rate rows/s   (start-up included)
-  sub, first to last batch    ${steady_seconds} s   $steady_rate rows/s   ($batches transactions)
-  sub peak RSS                $((rss_kb / 1024)) MiB
-  psql \\copy CSV, same rows   ${copy_seconds} s   $copy_rate rows/s
-  sub / COPY                  $(percent "$sub_rate" "$copy_rate") (wall)   $(percent "$steady_rate" "$copy_rate") (steady)
+EOF
+for label in "${labels[@]}"; do
+    wall_median=$(column "$label" 2 | median)
+    cat <<EOF
+$label
+  sub --once, wall (start-up included)   $(column "$label" 2 | spread) s   median $(rate "$N" "$wall_median") rows/s
+  sub, first to last batch               $(column "$label" 3 | spread) s   ($(column "$label" 6 | head -n 1) transactions)
+  sub peak RSS                           $(column "$label" 4 | spread %d) MiB
+  server-side COPY, same rows and table  $(column "$label" 5 | spread) s
+  sub / COPY rate, wall                  $(ratios "$label" 2 5 | spread %d) %
+  sub / COPY rate, first to last batch   $(ratios "$label" 3 5 | spread %d) %
+EOF
+done
+if [[ -n $COMPARE ]]; then
+    echo
+    echo "this / $rev, rate at the median wall time: $(awk -v a="$(column this 2 | median)" \
+        -v b="$(column "$rev" 2 | median)" 'BEGIN { printf "%.0f%%", 100 * b / a }')"
+fi
+cat <<EOF
 
-latency, pub every ${INTERVAL}s for ${SECONDS_OF_CHECKS}s: $stored of $published checks stored
+latency (this), pub every ${INTERVAL}s for ${SECONDS_OF_CHECKS}s: $stored of $published checks stored
   received_at - checked_at    p50 ${p50} ms   p99 ${p99} ms   max ${max} ms
 EOF

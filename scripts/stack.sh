@@ -10,6 +10,9 @@
 #   scripts/stack.sh kafka-tool CLASS [ARGS...]
 #                                        run a Kafka tool class from the jars,
 #                                        e.g. org.apache.kafka.tools.TopicCommand
+#   scripts/stack.sh psql [PSQL ARGS...]   psql as PostgreSQL's superuser over
+#                                        the stack's unix socket (benchmarks'
+#                                        server-side COPY)
 #
 # `start` and `env` print only `export ...` lines on stdout, so
 #   eval "$(scripts/stack.sh start)"
@@ -686,6 +689,13 @@ main() {
             return "$rc"
             ;;
         env) print_env ;;
+        psql)
+            # As the superuser over the private socket, e.g. for server-side COPY.
+            shift
+            PGBIN=$(pg_bindir)
+            pg_running || die "PostgreSQL is not running (scripts/stack.sh start pg)"
+            as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGSTATE" -p "$PG_PORT" -U postgres "$@"
+            ;;
         kafka-tool)
             shift
             (($# > 0)) || usage
