@@ -49,6 +49,13 @@ impl Cli {
             }
             Command::Sub(args) => &mut args.kafka,
             Command::Report(_) => return Ok(cli),
+            Command::Targets(TargetsCommand::Apply(args)) => &mut args.topic.kafka,
+            Command::Targets(TargetsCommand::List(args)) => &mut args.topic.kafka,
+        };
+        // `targets apply` and `targets list` are one level further down.
+        let sub_matches = match sub_matches.subcommand() {
+            Some((_, nested)) => nested,
+            None => sub_matches,
         };
         let cert_from_env =
             sub_matches.value_source("ssl_cert_file") == Some(ValueSource::EnvVariable);
@@ -67,6 +74,9 @@ pub enum Command {
     Sub(SubArgs),
     /// Answer what is up, what was down and how often, from what sub stored.
     Report(ReportArgs),
+    /// Manage the targets topic that a fleet of pubs shares (--targets-topic).
+    #[command(subcommand)]
+    Targets(TargetsCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -171,6 +181,29 @@ pub struct PubArgs {
     /// Check only this process's share of the targets: 1-based K of N, stable across restarts.
     #[arg(long, env = "SHARD", value_parser = shard::parse_shard)]
     pub shard: Option<shard::Shard>,
+
+    /// Fleet mode: take the targets from this compacted topic (see `targets apply`),
+    /// sharing them with every pub of --pub-group.
+    #[arg(
+        long,
+        env = "KAFKA_TARGETS_TOPIC",
+        value_parser = parse_topic,
+        conflicts_with_all = ["targets", "targets_file", "shard", "once"]
+    )]
+    pub targets_topic: Option<String>,
+
+    /// The fleet's consumer group: its pubs share the targets topic's partitions.
+    #[arg(long, env = "KAFKA_PUB_GROUP", default_value = "metrics-flow-pub")]
+    pub pub_group: String,
+
+    /// Seconds after which the fleet gives a silent pub's targets to the others, such
+    /// as those of a pub that was killed; the broker allows 6 to 300 by default.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
+    pub session_timeout: Duration,
+
+    /// Where this pub runs (eu-west, office): published in every result.
+    #[arg(long, env = "LOCATION", value_parser = parse_location)]
+    pub location: Option<String>,
 
     /// Regex searched in the body of every target that has no pattern of its own.
     #[arg(long, env = "PATTERN", value_parser = parse_regex)]
@@ -333,6 +366,85 @@ pub struct ReportArgs {
     /// Seconds to keep retrying an unreachable PostgreSQL before exiting 1.
     #[arg(long, env = "CONNECT_DEADLINE", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
     pub connect_deadline: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetsCommand {
+    /// Make the targets topic hold exactly the targets of FILE (plain or TOML, as for
+    /// --targets-file): upserts for new and changed targets, tombstones for removed ones.
+    Apply(TargetsApplyArgs),
+    /// The targets the topic holds now.
+    List(TargetsListArgs),
+}
+
+/// The targets topic and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct TargetsTopicArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The targets topic [default: <--topic>-targets].
+    #[arg(long, env = "KAFKA_TARGETS_TOPIC", value_parser = parse_topic)]
+    pub targets_topic: Option<String>,
+}
+
+impl TargetsTopicArgs {
+    pub fn name(&self) -> String {
+        self.targets_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-targets", self.kafka.topic))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetsApplyArgs {
+    #[command(flatten)]
+    pub topic: TargetsTopicArgs,
+
+    /// The targets, in the formats of --targets-file.
+    pub file: PathBuf,
+
+    /// Print what would change, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Partitions of the targets topic when it has to be created: the most pubs that
+    /// can share the work. 12 splits evenly over 1, 2, 3, 4, 6 or 12 pubs.
+    #[arg(long, env = "TARGETS_TOPIC_PARTITIONS", default_value = "12", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
+    pub partitions: i32,
+
+    /// Replication factor of the targets topic when it has to be created [default: the broker's].
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
+    pub replication_factor: Option<i32>,
+}
+
+/// How `targets list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetsListArgs {
+    #[command(flatten)]
+    pub topic: TargetsTopicArgs,
+
+    /// Output: one target per line, or JSON (passwords masked either way).
+    #[arg(long, value_enum, default_value = "table", ignore_case = true)]
+    pub format: ListFormat,
+}
+
+/// A location is a short label stored with every result; no control characters.
+fn parse_location(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 100 || text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a location: use 1 to 100 printable characters",
+            crate::error::one_line(text)
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// A topic name as Kafka accepts it: 1 to 249 of `a-z A-Z 0-9 . _ -`, but not `.` or

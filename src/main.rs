@@ -35,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pub(args) => pubsub::publish::run(args, shutdown),
         Command::Sub(args) => pubsub::subscribe::run(args, shutdown),
         Command::Report(args) => pubsub::report::run(args, shutdown),
+        Command::Targets(command) => pubsub::publish::fleet::command::run(command, shutdown),
     }
 }
 

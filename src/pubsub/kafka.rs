@@ -254,6 +254,19 @@ impl LastError {
     }
 }
 
+/// Errors a consumer meets in its normal course: the end of a partition (how a reader
+/// knows it is done) and a topic that does not exist yet (waited for). Logged at
+/// debug level, not kept.
+pub fn is_consumers_routine(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_)
+            | KafkaError::Global(
+                RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::UnknownTopicOrPartition
+            )
+    )
+}
+
 /// A client context that keeps librdkafka's latest error.
 pub trait KeepsLastError: ClientContext {
     fn last_error(&self) -> &LastError;
@@ -309,6 +322,16 @@ pub fn partition_count<C: ClientContext>(
     Ok(partitions)
 }
 
+/// A topic to create if missing: -1 partitions or replication means the broker's
+/// default.
+pub struct TopicLayout<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topic-level settings, such as `cleanup.policy`.
+    pub config: &'a [(&'a str, &'a str)],
+}
+
 /// Creates the topic when `known_topics` (from [`wait_for_brokers`]) lacks it, with the
 /// requested layout (-1: the broker's default). A broker that refuses (no permission,
 /// creation disabled) gets a warning, not an exit: it may still create the topic on
@@ -316,10 +339,9 @@ pub fn partition_count<C: ClientContext>(
 pub fn ensure_topic(
     args: &KafkaArgs,
     known_topics: &[String],
-    partitions: i32,
-    replication: i32,
+    layout: &TopicLayout,
 ) -> anyhow::Result<()> {
-    if known_topics.contains(&args.topic) {
+    if known_topics.iter().any(|known| known == layout.name) {
         return Ok(());
     }
     // A topic created by someone else since `known_topics` was read shows up below as
@@ -327,11 +349,14 @@ pub fn ensure_topic(
     let admin: AdminClient<DefaultClientContext> = client_config(args)?
         .create()
         .context("creating the Kafka admin client")?;
-    let topic = NewTopic::new(
-        &args.topic,
-        partitions,
-        TopicReplication::Fixed(replication),
+    let mut topic = NewTopic::new(
+        layout.name,
+        layout.partitions,
+        TopicReplication::Fixed(layout.replication),
     );
+    for (key, value) in layout.config {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_executor::block_on(admin.create_topics([&topic], &options))
         .context("creating the topic")?;
@@ -340,7 +365,7 @@ pub fn ensure_topic(
             Ok(name) => log::info!("created topic {name}"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => log::warn!(
-                "could not create topic {name} ({code}); publishing anyway, the broker may create it"
+                "could not create topic {name} ({code}); going on: the broker may create it on first write"
             ),
         }
     }

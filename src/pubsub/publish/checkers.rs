@@ -10,14 +10,38 @@ use super::producer::Publisher;
 use super::schedule::Dispatcher;
 use crate::sync::lock;
 
-/// What each checker thread needs: the probes, where to take due ones from, and where
-/// to put results.
+/// Who made a check: stamped on every result.
+pub struct Origin {
+    /// `--location`, if given.
+    pub location: Option<String>,
+    /// This pub process: its host, its pid and a random part, so that a restarted
+    /// process on the same host is another probe.
+    pub probe: String,
+}
+
+impl Origin {
+    pub fn new(location: Option<String>) -> Origin {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "pub".to_owned());
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Origin {
+            location,
+            probe: format!("{host}-{}-{}", std::process::id(), &random[..8]),
+        }
+    }
+}
+
+/// What each checker thread needs: where to take due probes from, and where to put
+/// results.
 #[derive(Clone)]
 pub struct Checker {
-    pub probes: Arc<Vec<Probe>>,
     pub max_body_bytes: u64,
-    pub dispatcher: Arc<Dispatcher>,
+    pub dispatcher: Arc<Dispatcher<Probe>>,
     pub publisher: Arc<Publisher>,
+    pub origin: Arc<Origin>,
 }
 
 impl Checker {
@@ -25,10 +49,13 @@ impl Checker {
     /// own results, so a check passes through no other thread.
     fn work(&self) {
         while let Some(due) = self.dispatcher.next() {
-            let mut result = self.probes[due.index].check(self.max_body_bytes);
-            result.details.schedule_lag_ms = Some(due.late.as_secs_f64() * 1000.0);
+            let mut result = due.work.check(self.max_body_bytes);
+            let details = &mut result.details;
+            details.schedule_lag_ms = Some(due.late.as_secs_f64() * 1000.0);
+            details.location.clone_from(&self.origin.location);
+            details.probe = Some(self.origin.probe.clone());
             self.publisher.publish(&result);
-            self.dispatcher.completed(due.index);
+            self.dispatcher.completed(&due);
         }
     }
 }

@@ -4,8 +4,11 @@
 //! The path of a check: [`targets`] loads what to check ([`shard`] narrows it),
 //! [`probe`] holds one probe per target, [`schedule`] says when each is due, a thread
 //! of [`checkers`] runs it through [`transport`], and [`producer`] sends the result.
+//! In fleet mode, [`fleet`] takes the targets from a Kafka topic instead, and hands
+//! them to the schedule as the group gives and takes them.
 
 mod checkers;
+pub mod fleet;
 pub mod probe;
 mod producer;
 pub mod schedule;
@@ -16,7 +19,8 @@ mod transport;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use checkers::{Checker, CheckerPool};
+use checkers::{Checker, CheckerPool, Origin};
+use fleet::member::Member;
 use probe::Probe;
 use producer::{DeliveryReports, Publisher};
 use schedule::Dispatcher;
@@ -35,31 +39,52 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let targets = load_targets(&args)?;
+    let defaults = targets::Defaults {
+        pattern: args.pattern.clone(),
+        timeout: args.timeout,
+        interval: args.delay,
+    };
+    // In fleet mode the targets come later, from the group.
+    let probes = match &args.targets_topic {
+        Some(_) => Vec::new(),
+        None => Probe::for_each(load_targets(&args, &defaults)?)?,
+    };
     let producer = Arc::new(producer::connect_producer(&args, &shutdown)?);
-    let probes = Probe::for_each(targets)?;
-    let intervals: Vec<Duration> = probes.iter().map(|p| p.target.interval).collect();
-    let dispatcher = Arc::new(Dispatcher::new(&intervals, args.once));
-    let publisher = Arc::new(Publisher::new(Arc::clone(&producer), &args.kafka.topic));
-    // A checker beyond one per target would never have work.
-    let checkers = usize::from(args.concurrency).min(probes.len());
+    let checkers = match &args.targets_topic {
+        Some(_) => usize::from(args.concurrency),
+        // A checker beyond one per target would never have work.
+        None => usize::from(args.concurrency).min(probes.len()),
+    };
     let cadence = if args.once {
         "once".to_owned()
     } else {
         format!("every {:?}", args.delay)
     };
-    log::info!(
-        "checking {} target(s) {cadence} with up to {checkers} at once",
-        probes.len()
-    );
+    if args.targets_topic.is_none() {
+        log::info!(
+            "checking {} target(s) {cadence} with up to {checkers} at once",
+            probes.len()
+        );
+    }
+    let work = probes
+        .into_iter()
+        .map(|probe| {
+            let interval = probe.target.interval;
+            (probe, interval)
+        })
+        .collect();
+    let dispatcher = Arc::new(Dispatcher::new(work, args.once));
+    let publisher = Arc::new(Publisher::new(Arc::clone(&producer), &args.kafka.topic));
     let reports = DeliveryReports::serve(Arc::clone(&producer));
+    let origin = Arc::new(Origin::new(args.location.clone()));
+    log::info!("results carry probe {}", origin.probe);
     let pool = Arc::new(CheckerPool::start(
         checkers,
         Checker {
-            probes: Arc::new(probes),
             max_body_bytes: args.max_body_bytes,
             dispatcher: Arc::clone(&dispatcher),
             publisher: Arc::clone(&publisher),
+            origin,
         },
     ));
     say_what_a_forced_exit_abandons(&shutdown, &pool, &publisher);
@@ -67,7 +92,24 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // itself, which the broker wait did not need when the bootstrap connection
     // answered it, and results can queue meanwhile.
     producer::log_topic_layout(&producer, &args.kafka.topic);
-    wait_for_checkers(&pool, &dispatcher, &publisher, &shutdown, args.timeout);
+    let member = match &args.targets_topic {
+        Some(topic) => Some(Member::join(
+            &args,
+            topic,
+            defaults,
+            Arc::clone(&dispatcher),
+            &shutdown,
+        )?),
+        None => None,
+    };
+    wait_for_checkers(
+        &pool,
+        &dispatcher,
+        &publisher,
+        &shutdown,
+        args.timeout,
+        member,
+    );
     // Reports are still served during the final flush, which waits for them.
     let finished = publisher.finish(args.flush_timeout);
     drop(reports);
@@ -90,17 +132,12 @@ fn say_what_a_forced_exit_abandons(
 }
 
 /// The targets this process checks: flags, environment and file, then this shard.
-fn load_targets(args: &PubArgs) -> anyhow::Result<Vec<Target>> {
-    let defaults = targets::Defaults {
-        pattern: args.pattern.clone(),
-        timeout: args.timeout,
-        interval: args.delay,
-    };
+fn load_targets(args: &PubArgs, defaults: &targets::Defaults) -> anyhow::Result<Vec<Target>> {
     let targets = targets::load(
         &args.targets,
         args.targets_file.as_deref(),
         args.shard,
-        &defaults,
+        defaults,
     )?;
     if targets.is_empty() {
         let why = match (args.shard, &args.targets_file) {
@@ -121,21 +158,32 @@ fn load_targets(args: &PubArgs) -> anyhow::Result<Vec<Target>> {
 /// Serves the periodic log lines and a stop request while the checkers work; returns
 /// once they have all stopped, or when checks still running at a stop request have
 /// outlived their timeout (they are then abandoned, unpublished).
+/// In fleet mode, `member` is served in between, and leaves the group at a stop
+/// request, so its targets move to the other pubs at once.
 fn wait_for_checkers(
     pool: &CheckerPool,
-    dispatcher: &Dispatcher,
+    dispatcher: &Dispatcher<Probe>,
     publisher: &Publisher,
     shutdown: &Shutdown,
     check_timeout: Duration,
+    mut member: Option<Member>,
 ) {
     let mut stop_deadline: Option<Instant> = None;
     let mut since_report = Instant::now();
     loop {
-        if pool.wait_until_stopped(IDLE_WAIT) {
+        let stopped = match member.as_mut() {
+            Some(member) => {
+                member.serve(IDLE_WAIT);
+                pool.wait_until_stopped(Duration::ZERO)
+            }
+            None => pool.wait_until_stopped(IDLE_WAIT),
+        };
+        if stopped {
             return;
         }
         if shutdown.requested() && stop_deadline.is_none() {
             dispatcher.stop();
+            drop(member.take());
             stop_deadline = Some(Instant::now() + check_timeout + STOP_MARGIN);
         }
         if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {

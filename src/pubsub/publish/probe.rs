@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -11,7 +10,7 @@ use ureq::http::{Request, Response};
 use ureq::{Agent, Body, ResponseExt};
 use uuid::Uuid;
 
-use super::targets::{mask_text, Target, MAX_REQUEST_HEAD};
+use super::targets::{mask_text, CaPem, Target, MAX_REQUEST_HEAD};
 use super::transport::{self, OpensslConnector, Phases, TimedResolver, TimedTcp};
 use crate::error::UsageError;
 use crate::pubsub::message::{CheckResult, Details, ErrorKind, SCHEMA_VERSION};
@@ -30,7 +29,7 @@ struct AgentKey {
     timeout: Duration,
     max_redirects: u32,
     tls_verify: bool,
-    ca_file: Option<PathBuf>,
+    ca: Option<CaPem>,
 }
 
 /// What the HTTP exchange produced before the rules were applied.
@@ -47,34 +46,44 @@ struct Failure {
     status: Option<u16>,
 }
 
+/// Makes probes, giving targets with the same connection settings one agent.
+#[derive(Default)]
+pub struct ProbeMaker {
+    built: HashMap<AgentKey, Agent>,
+}
+
+impl ProbeMaker {
+    pub fn make(&mut self, target: Target) -> Result<Probe, UsageError> {
+        let key = AgentKey {
+            timeout: target.timeout,
+            max_redirects: if target.follow_redirects {
+                target.max_redirects
+            } else {
+                0
+            },
+            tls_verify: target.tls_verify,
+            ca: target.ca.clone(),
+        };
+        let agent = match self.built.get(&key) {
+            Some(agent) => agent.clone(),
+            None => {
+                let agent = build_agent(&key)
+                    .map_err(|e| UsageError::new(format!("{}: {e}", target.shown)))?;
+                self.built.insert(key, agent.clone());
+                agent
+            }
+        };
+        Ok(Probe { target, agent })
+    }
+}
+
 impl Probe {
     /// A probe for each target, in order.
     pub fn for_each(targets: Vec<Target>) -> Result<Vec<Probe>, UsageError> {
-        let mut built: HashMap<AgentKey, Agent> = HashMap::new();
+        let mut maker = ProbeMaker::default();
         targets
             .into_iter()
-            .map(|target| {
-                let key = AgentKey {
-                    timeout: target.timeout,
-                    max_redirects: if target.follow_redirects {
-                        target.max_redirects
-                    } else {
-                        0
-                    },
-                    tls_verify: target.tls_verify,
-                    ca_file: target.ca_file.clone(),
-                };
-                let agent = match built.get(&key) {
-                    Some(agent) => agent.clone(),
-                    None => {
-                        let agent = build_agent(&key)
-                            .map_err(|e| UsageError::new(format!("{}: {e}", target.shown)))?;
-                        built.insert(key, agent.clone());
-                        agent
-                    }
-                };
-                Ok(Probe { target, agent })
-            })
+            .map(|target| maker.make(target))
             .collect()
     }
 
@@ -185,7 +194,7 @@ fn build_agent(key: &AgentKey) -> Result<Agent, String> {
         .output_buffer_size(MAX_REQUEST_HEAD)
         .user_agent(concat!("metrics-flow/", env!("CARGO_PKG_VERSION")))
         .build();
-    let tls = OpensslConnector::new(key.tls_verify, key.ca_file.as_deref())?;
+    let tls = OpensslConnector::new(key.tls_verify, key.ca.as_ref())?;
     let connector = ().chain(TimedTcp::default()).chain(tls);
     Ok(Agent::with_parts(
         config,

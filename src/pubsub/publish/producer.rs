@@ -36,12 +36,13 @@ pub fn connect_producer(args: &PubArgs, shutdown: &Shutdown) -> anyhow::Result<R
         &args.kafka,
         shutdown,
     )?;
-    kafka::ensure_topic(
-        &args.kafka,
-        &known_topics,
-        args.partitions.unwrap_or(-1),
-        args.replication_factor.unwrap_or(-1),
-    )?;
+    let layout = kafka::TopicLayout {
+        name: &args.kafka.topic,
+        partitions: args.partitions.unwrap_or(-1),
+        replication: args.replication_factor.unwrap_or(-1),
+        config: &[],
+    };
+    kafka::ensure_topic(&args.kafka, &known_topics, &layout)?;
     Ok(producer)
 }
 

@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sync::lock;
@@ -13,70 +13,144 @@ const LATE_AFTER: Duration = Duration::from_secs(1);
 /// The shortest gap between two "cannot keep up" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// When each target is due next. A target is re-armed only once its check completes,
-/// so one target never has two checks in flight.
-struct Schedule {
-    due: BinaryHeap<Reverse<(Instant, usize)>>,
-    last_due: Vec<Instant>,
-    intervals: Vec<Duration>,
+/// One place in the schedule: the work in it (a probe), its interval, and which
+/// version of it this is.
+struct Slot<T> {
+    work: Option<Arc<T>>,
+    interval: Duration,
+    /// Bumped whenever the slot's work changes, so that what was queued for an older
+    /// version (and a check of it still in flight) is not re-armed.
+    generation: u64,
+    last_due: Instant,
 }
 
-impl Schedule {
-    /// `all_now`: every target is due at once instead of spread over its interval.
-    fn new(intervals: &[Duration], all_now: bool) -> Schedule {
-        let start = Instant::now();
-        let count = intervals.len();
-        // Spread first checks over one interval so many targets do not fire together.
-        let first_due: Vec<Instant> = intervals
-            .iter()
-            .enumerate()
-            .map(|(i, interval)| {
-                if all_now {
-                    start
-                } else {
-                    start + interval.mul_f64(i as f64 / count as f64)
-                }
-            })
-            .collect();
-        let due = first_due
-            .iter()
-            .enumerate()
-            .map(|(i, at)| Reverse((*at, i)))
-            .collect();
+/// When each target is due next. A target is re-armed only once its check completes,
+/// so one target never has two checks in flight. Targets can come and go (fleet
+/// mode): a slot emptied or changed leaves stale entries in the heap, skipped when
+/// they come up.
+struct Schedule<T> {
+    due: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    slots: Vec<Slot<T>>,
+    free: Vec<usize>,
+}
+
+impl<T> Schedule<T> {
+    fn new() -> Schedule<T> {
         Schedule {
-            due,
-            last_due: first_due,
-            intervals: intervals.to_vec(),
+            due: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
         }
     }
 
-    fn pop_due(&mut self, now: Instant) -> Option<(usize, Instant)> {
-        let Reverse((at, index)) = *self.due.peek()?;
+    /// Places work first due at `first_due`; returns its slot.
+    fn place(&mut self, work: Arc<T>, interval: Duration, first_due: Instant) -> usize {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    work: None,
+                    interval,
+                    generation: 0,
+                    last_due: first_due,
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.fill(slot, work, interval, first_due);
+        slot
+    }
+
+    fn fill(&mut self, slot: usize, work: Arc<T>, interval: Duration, due: Instant) {
+        let entry = &mut self.slots[slot];
+        entry.work = Some(work);
+        entry.interval = interval;
+        entry.generation += 1;
+        entry.last_due = due;
+        self.due.push(Reverse((due, slot, entry.generation)));
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let entry = &mut self.slots[slot];
+        if entry.work.take().is_some() {
+            entry.generation += 1;
+            self.free.push(slot);
+        }
+    }
+
+    fn is_current(&self, slot: usize, generation: u64) -> bool {
+        let entry = &self.slots[slot];
+        entry.work.is_some() && entry.generation == generation
+    }
+
+    /// Drops the stale entries at the top of the heap.
+    fn skip_stale(&mut self) {
+        while let Some(&Reverse((_, slot, generation))) = self.due.peek() {
+            if self.is_current(slot, generation) {
+                return;
+            }
+            self.due.pop();
+        }
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Due<T>> {
+        self.skip_stale();
+        let Reverse((at, slot, generation)) = *self.due.peek()?;
         if at > now {
             return None;
         }
         self.due.pop();
-        Some((index, at))
+        let work = Arc::clone(self.slots[slot].work.as_ref()?);
+        Some(Due {
+            slot,
+            generation,
+            work,
+            late: now.saturating_duration_since(at),
+        })
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((at, _))| *at)
+    fn next_due(&mut self) -> Option<Instant> {
+        self.skip_stale();
+        self.due.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// Re-arms a target whose check has finished and returns when it is due again.
-    /// A one-shot run never comes here: nothing is re-armed in it.
-    fn rearm(&mut self, index: usize) -> Instant {
+    /// Re-arms a target whose check has finished and returns when it is due again;
+    /// nothing if the target was changed or removed meanwhile. A one-shot run never
+    /// comes here: nothing is re-armed in it.
+    fn rearm(&mut self, slot: usize, generation: u64) -> Option<Instant> {
+        if !self.is_current(slot, generation) {
+            return None;
+        }
+        let entry = &mut self.slots[slot];
         // Keep the cadence of the original slot; if the check overran its slot,
         // start the next one as soon as possible rather than bursting to catch up.
-        let next = (self.last_due[index] + self.intervals[index]).max(Instant::now());
-        self.last_due[index] = next;
-        self.due.push(Reverse((next, index)));
-        next
+        let next = (entry.last_due + entry.interval).max(Instant::now());
+        entry.last_due = next;
+        self.due.push(Reverse((next, slot, generation)));
+        Some(next)
     }
 
-    fn is_empty(&self) -> bool {
+    fn is_empty(&mut self) -> bool {
+        self.skip_stale();
         self.due.is_empty()
     }
+}
+
+/// First due times for `count` targets starting `from`: spread over each one's
+/// interval so many targets do not fire together, or all at once.
+fn spread(from: Instant, intervals: &[Duration], all_now: bool) -> Vec<Instant> {
+    let count = intervals.len();
+    intervals
+        .iter()
+        .enumerate()
+        .map(|(i, interval)| {
+            if all_now {
+                from
+            } else {
+                from + interval.mul_f64(i as f64 / count as f64)
+            }
+        })
+        .collect()
 }
 
 /// Counts checks that started late and says so now and then.
@@ -111,14 +185,16 @@ impl LagReport {
     }
 }
 
-/// A target handed to a checker: its index and how late it starts.
-pub struct Due {
-    pub index: usize,
+/// A target handed to a checker: its work, how late it starts, and its place.
+pub struct Due<T> {
+    pub work: Arc<T>,
     pub late: Duration,
+    slot: usize,
+    generation: u64,
 }
 
-struct State {
-    schedule: Schedule,
+struct State<T> {
+    schedule: Schedule<T>,
     lag: LagReport,
     stopping: bool,
     /// Whether some idle checker is already sleeping until the next due time; the
@@ -128,10 +204,10 @@ struct State {
 
 /// The schedule shared by the checker threads. Each takes the next due target itself,
 /// so a check costs no thread hand-off when targets are already due.
-pub struct Dispatcher {
+pub struct Dispatcher<T> {
     /// Consistent across a panicking checker: every change to it is a single heap
     /// operation or flag store.
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
     /// A one-shot run re-arms nothing: its completions need not take the lock, and once
     /// the schedule is empty there is no more work.
     once: bool,
@@ -141,12 +217,19 @@ pub struct Dispatcher {
     idle: Condvar,
 }
 
-impl Dispatcher {
-    /// `once`: every target is due now and none is re-armed.
-    pub fn new(intervals: &[Duration], once: bool) -> Dispatcher {
+impl<T> Dispatcher<T> {
+    /// `once`: every target is due now and none is re-armed. Each work item comes
+    /// with its interval.
+    pub fn new(work: Vec<(T, Duration)>, once: bool) -> Dispatcher<T> {
+        let mut schedule = Schedule::new();
+        let intervals: Vec<Duration> = work.iter().map(|(_, interval)| *interval).collect();
+        let dues = spread(Instant::now(), &intervals, once);
+        for ((item, interval), due) in work.into_iter().zip(dues) {
+            schedule.place(Arc::new(item), interval, due);
+        }
         Dispatcher {
             state: Mutex::new(State {
-                schedule: Schedule::new(intervals, once),
+                schedule,
                 lag: LagReport::default(),
                 stopping: false,
                 timer_held: false,
@@ -159,17 +242,16 @@ impl Dispatcher {
 
     /// Blocks until a target is due and hands it out; None once the run is over (a stop
     /// was requested, or a one-shot run has handed out every target).
-    pub fn next(&self) -> Option<Due> {
+    pub fn next(&self) -> Option<Due<T>> {
         let mut state = lock(&self.state);
         loop {
             if state.stopping || (self.once && state.schedule.is_empty()) {
                 return None;
             }
             let now = Instant::now();
-            if let Some((index, due)) = state.schedule.pop_due(now) {
-                let late = now.saturating_duration_since(due);
-                state.lag.record(late);
-                return Some(Due { index, late });
+            if let Some(due) = state.schedule.pop_due(now) {
+                state.lag.record(due.late);
+                return Some(due);
             }
             if state.timer_held {
                 state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -191,15 +273,54 @@ impl Dispatcher {
         }
     }
 
-    /// A check has finished: its target is due again one interval after its slot.
-    pub fn completed(&self, index: usize) {
+    /// A check has finished: its target is due again one interval after its slot,
+    /// unless it was changed or removed meanwhile.
+    pub fn completed(&self, due: &Due<T>) {
         if self.once {
             return;
         }
         let mut state = lock(&self.state);
         let earliest_before = state.schedule.next_due();
-        let next = state.schedule.rearm(index);
-        // Only a new earliest due time changes how long the idle checkers sleep.
+        if let Some(next) = state.schedule.rearm(due.slot, due.generation) {
+            self.wake_if_earlier(&*state, earliest_before, next);
+        }
+    }
+
+    /// Adds targets, their first checks spread over their intervals from now; returns
+    /// their slots, in order.
+    pub fn add(&self, work: Vec<(T, Duration)>) -> Vec<usize> {
+        let mut state = lock(&self.state);
+        let earliest_before = state.schedule.next_due();
+        let intervals: Vec<Duration> = work.iter().map(|(_, interval)| *interval).collect();
+        let dues = spread(Instant::now(), &intervals, false);
+        let slots = work
+            .into_iter()
+            .zip(&dues)
+            .map(|((item, interval), &due)| state.schedule.place(Arc::new(item), interval, due))
+            .collect();
+        if let Some(&first) = dues.iter().min() {
+            self.wake_if_earlier(&*state, earliest_before, first);
+        }
+        slots
+    }
+
+    /// Changes the target in a slot; the new version is due at once. A check of the
+    /// old one still in flight finishes, and is not re-armed.
+    pub fn replace(&self, slot: usize, item: T, interval: Duration) {
+        let mut state = lock(&self.state);
+        let earliest_before = state.schedule.next_due();
+        let now = Instant::now();
+        state.schedule.fill(slot, Arc::new(item), interval, now);
+        self.wake_if_earlier(&*state, earliest_before, now);
+    }
+
+    /// Stops scheduling the target in a slot; a check of it in flight finishes.
+    pub fn remove(&self, slot: usize) {
+        lock(&self.state).schedule.remove(slot);
+    }
+
+    /// Only a new earliest due time changes how long the idle checkers sleep.
+    fn wake_if_earlier(&self, state: &State<T>, earliest_before: Option<Instant>, next: Instant) {
         if earliest_before.is_none_or(|at| next < at) {
             if state.timer_held {
                 self.timer.notify_one();
@@ -225,13 +346,17 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{mpsc, Arc};
+    use std::sync::mpsc;
     use std::thread;
+
+    /// Work items named by number, each with the same interval.
+    fn numbered(count: usize, interval: Duration) -> Vec<(usize, Duration)> {
+        (0..count).map(|n| (n, interval)).collect()
+    }
 
     #[test]
     fn first_checks_are_spread_over_one_interval() {
-        let schedule = Schedule::new(&[Duration::from_secs(40); 4], false);
-        let mut dues: Vec<Instant> = schedule.last_due.clone();
+        let mut dues = spread(Instant::now(), &[Duration::from_secs(40); 4], false);
         dues.sort();
         let gaps: Vec<u64> = dues.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
         assert_eq!(gaps, vec![10, 10, 10]);
@@ -239,31 +364,70 @@ mod tests {
 
     #[test]
     fn once_hands_out_each_target_one_time_then_ends() {
-        let dispatcher = Dispatcher::new(&[Duration::from_secs(30); 3], true);
-        let mut handed: Vec<usize> = std::iter::from_fn(|| dispatcher.next())
-            .map(|due| due.index)
-            .collect();
+        let dispatcher = Dispatcher::new(numbered(3, Duration::from_secs(30)), true);
+        let dues: Vec<Due<usize>> = std::iter::from_fn(|| dispatcher.next()).collect();
+        let mut handed: Vec<usize> = dues.iter().map(|due| *due.work).collect();
         handed.sort();
         assert_eq!(handed, vec![0, 1, 2]);
-        dispatcher.completed(0);
+        dispatcher.completed(&dues[0]);
         assert!(dispatcher.next().is_none());
     }
 
     #[test]
     fn a_completed_target_is_due_one_interval_after_its_slot() {
-        let mut schedule = Schedule::new(&[Duration::from_secs(30)], false);
-        let (index, due) = schedule.pop_due(Instant::now()).unwrap();
-        assert_eq!(schedule.rearm(index), due + Duration::from_secs(30));
-        assert_eq!(schedule.next_due(), Some(due + Duration::from_secs(30)));
+        let mut schedule = Schedule::new();
+        let start = Instant::now();
+        schedule.place(Arc::new(()), Duration::from_secs(30), start);
+        let due = schedule.pop_due(start).unwrap();
+        let next = start + Duration::from_secs(30);
+        assert_eq!(schedule.rearm(due.slot, due.generation), Some(next));
+        assert_eq!(schedule.next_due(), Some(next));
+    }
+
+    #[test]
+    fn a_removed_or_changed_target_is_not_rearmed_and_its_slot_is_reused() {
+        let mut schedule = Schedule::new();
+        let start = Instant::now();
+        let interval = Duration::from_secs(30);
+        let a = schedule.place(Arc::new("a"), interval, start);
+        let b = schedule.place(Arc::new("b"), interval, start);
+        let in_flight = schedule.pop_due(start).unwrap();
+        assert_eq!(*in_flight.work, "a");
+        // Removed while its check runs: the check's completion re-arms nothing.
+        schedule.remove(a);
+        assert_eq!(schedule.rearm(in_flight.slot, in_flight.generation), None);
+        // b's queued entry goes stale when b changes; only the new version comes up.
+        schedule.fill(b, Arc::new("b2"), interval, start);
+        let due = schedule.pop_due(start).unwrap();
+        assert_eq!(*due.work, "b2");
+        assert!(
+            schedule.pop_due(start).is_none(),
+            "the stale entry of b came up"
+        );
+        assert!(schedule.is_empty());
+        // The freed slot takes the next target.
+        assert_eq!(schedule.place(Arc::new("c"), interval, start), a);
+        assert_eq!(*schedule.pop_due(start).unwrap().work, "c");
+    }
+
+    #[test]
+    fn an_added_target_wakes_an_idle_checker() {
+        let dispatcher = Arc::new(Dispatcher::new(Vec::new(), false));
+        let waiter = {
+            let dispatcher = Arc::clone(&dispatcher);
+            thread::spawn(move || dispatcher.next().map(|due| *due.work))
+        };
+        dispatcher.add(vec![("new", Duration::from_secs(60))]);
+        assert_eq!(waiter.join().unwrap(), Some("new"));
     }
 
     #[test]
     fn an_idle_checker_wakes_when_its_target_comes_due() {
         let interval = Duration::from_millis(50);
         let created = Instant::now();
-        let dispatcher = Arc::new(Dispatcher::new(&[interval], false));
+        let dispatcher = Arc::new(Dispatcher::new(numbered(1, interval), false));
         let first = dispatcher.next().expect("due at once");
-        dispatcher.completed(first.index);
+        dispatcher.completed(&first);
         // Several idle threads: exactly one gets the target, one interval after its slot.
         let (handed_out, results) = mpsc::channel();
         let waiters: Vec<_> = (0..3)
@@ -271,18 +435,18 @@ mod tests {
                 let dispatcher = Arc::clone(&dispatcher);
                 let handed_out = handed_out.clone();
                 thread::spawn(move || {
-                    let due = dispatcher.next().map(|due| (due.index, Instant::now()));
+                    let due = dispatcher.next().map(|due| (*due.work, Instant::now()));
                     handed_out.send(due).unwrap();
                 })
             })
             .collect();
-        let (index, at) = results
+        let (work, at) = results
             .recv()
             .unwrap()
             .expect("the first to return has work");
         dispatcher.stop();
         waiters.into_iter().for_each(|w| w.join().unwrap());
-        assert_eq!(index, first.index);
+        assert_eq!(work, *first.work);
         assert!(at >= created + interval, "handed out early");
         let others: Vec<_> = results.try_iter().collect();
         assert!(
@@ -294,7 +458,10 @@ mod tests {
 
     #[test]
     fn stop_releases_every_idle_checker() {
-        let dispatcher = Arc::new(Dispatcher::new(&[Duration::from_secs(3600); 2], false));
+        let dispatcher = Arc::new(Dispatcher::new(
+            numbered(2, Duration::from_secs(3600)),
+            false,
+        ));
         // Both targets are due within the hour but not now (spread), bar the first.
         let _first = dispatcher.next();
         let waiters: Vec<_> = (0..4)

@@ -2,12 +2,14 @@
 //! rules, and the value parsers of those rules (URLs, patterns, statuses).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::bytes::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use url::Url;
 
@@ -53,8 +55,17 @@ pub struct Target {
     pub follow_redirects: bool,
     pub max_redirects: u32,
     pub tls_verify: bool,
-    /// Extra CA (PEM) trusted for this target, on top of the system roots.
-    pub ca_file: Option<PathBuf>,
+    /// Extra CA trusted for this target, on top of the system roots.
+    pub ca: Option<CaPem>,
+}
+
+/// A CA certificate's PEM text, read when the targets are loaded (a typo fails the
+/// start, and a fleet's targets topic can carry it), and where it came from.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CaPem {
+    /// Names it in errors: `ca_file '<path>'`, or the targets topic's record.
+    pub source: String,
+    pub pem: Arc<str>,
 }
 
 impl std::fmt::Debug for Target {
@@ -95,7 +106,7 @@ impl Target {
             follow_redirects: true,
             max_redirects: 5,
             tls_verify: true,
-            ca_file: None,
+            ca: None,
         }
     }
 }
@@ -259,8 +270,19 @@ pub fn load(
 /// Every target in a targets file: structured when its name ends in `.toml`, plain
 /// otherwise. No targets is not an error here; the caller decides.
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError::unreadable("--targets-file (TARGETS_FILE)", path, &e))?;
+    let loaded = load_specs("--targets-file (TARGETS_FILE)", path, defaults)?;
+    Ok(loaded.into_iter().map(|(_, target)| target).collect())
+}
+
+/// Like [`load_file`], with each target's own settings as the file wrote them, which
+/// is what a targets topic carries. `setting` names the file's flag in errors.
+pub fn load_specs(
+    setting: &str,
+    path: &Path,
+    defaults: &Defaults,
+) -> Result<Vec<(Spec, Target)>, UsageError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| UsageError::unreadable(setting, path, &e))?;
     // Editors on Windows may start the file with a byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let structured = path
@@ -280,10 +302,13 @@ pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Vec<Target>, UsageE
     })
 }
 
+/// A target of a file: its line, its settings as written, and what they make.
+type Lined = (usize, Spec, Target);
+
 /// The targets of a file, each written once, without their lines.
-fn refuse_repeated_urls(lined: Vec<(usize, Target)>) -> Result<Vec<Target>, Problem> {
+fn refuse_repeated_urls(lined: Vec<Lined>) -> Result<Vec<(Spec, Target)>, Problem> {
     let mut first_lines: HashMap<&Url, usize> = HashMap::with_capacity(lined.len());
-    for (line, target) in &lined {
+    for (line, _, target) in &lined {
         if let Some(first) = first_lines.insert(&target.url, *line) {
             return Err(Problem::at(
                 *line,
@@ -291,7 +316,10 @@ fn refuse_repeated_urls(lined: Vec<(usize, Target)>) -> Result<Vec<Target>, Prob
             ));
         }
     }
-    Ok(lined.into_iter().map(|(_, target)| target).collect())
+    Ok(lined
+        .into_iter()
+        .map(|(_, spec, target)| (spec, target))
+        .collect())
 }
 
 /// What is wrong in a targets file, and on which 1-based line when that is known.
@@ -309,7 +337,7 @@ impl Problem {
     }
 }
 
-fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<(usize, Target)>, Problem> {
+fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Lined>, Problem> {
     let mut targets = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -317,15 +345,112 @@ fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<(usize, Target)>, P
             continue;
         }
         let (url, pattern) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let url = parse_url(url).map_err(|e| Problem::at(index + 1, e))?;
-        let mut target = Target::new(url, defaults);
         let pattern = pattern.trim();
-        if !pattern.is_empty() {
-            target.pattern = Some(parse_regex(pattern).map_err(|e| Problem::at(index + 1, e))?);
-        }
-        targets.push((index + 1, target));
+        let spec = Spec {
+            url: url.to_owned(),
+            pattern: (!pattern.is_empty()).then(|| pattern.to_owned()),
+            ..Spec::default()
+        };
+        let target = spec
+            .target(defaults)
+            .map_err(|e| Problem::at(index + 1, e.text))?;
+        targets.push((index + 1, spec, target));
     }
     Ok(targets)
+}
+
+/// One target's own settings, as a `[[target]]` of a TOML file and a record of the
+/// targets topic carry them (keys as in the file, `ca_pem` for the CA's text); what
+/// is not set falls back to the pub's flags. [`Spec::target`] is the one validator.
+/// `Debug` masks the URL's password.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forbid_pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_redirects: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_redirects: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("url", &mask_text(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A setting a [`Spec`] gets wrong: its key, and why.
+#[derive(Debug)]
+pub struct SpecError {
+    pub key: &'static str,
+    pub text: String,
+}
+
+impl Spec {
+    /// The target these settings make, flags' defaults filling in the rest.
+    pub fn target(&self, defaults: &Defaults) -> Result<Target, SpecError> {
+        let at = |key: &'static str| move |text: String| SpecError { key, text };
+        let url = parse_url(&self.url).map_err(at("url"))?;
+        let mut target = Target::new(url, defaults);
+        if let Some(method) = &self.method {
+            target.method = parse_method(method).map_err(at("method"))?;
+        }
+        if let Some(headers) = &self.headers {
+            target.headers = parse_headers(headers).map_err(at("headers"))?;
+        }
+        target.body.clone_from(&self.body);
+        if let Some(statuses) = &self.expect_status {
+            target.expect_status = parse_statuses(statuses).map_err(at("expect_status"))?;
+        }
+        if let Some(pattern) = &self.pattern {
+            target.pattern = Some(parse_regex(pattern).map_err(at("pattern"))?);
+        }
+        if let Some(pattern) = &self.forbid_pattern {
+            target.forbid_pattern = Some(parse_regex(pattern).map_err(at("forbid_pattern"))?);
+        }
+        if let Some(seconds) = self.timeout {
+            target.timeout = seconds_of("timeout", seconds).map_err(at("timeout"))?;
+        }
+        if let Some(seconds) = self.interval {
+            target.interval = seconds_of("interval", seconds).map_err(at("interval"))?;
+        }
+        let head = request_head_estimate(&target);
+        if head > MAX_REQUEST_HEAD {
+            return Err(at("url")(format!(
+                "the request would take about {head} bytes with its URL and headers, more than the {MAX_REQUEST_HEAD} pub can send"
+            )));
+        }
+        target.follow_redirects = self.follow_redirects.unwrap_or(target.follow_redirects);
+        target.max_redirects = self.max_redirects.unwrap_or(target.max_redirects);
+        target.tls_verify = self.tls_verify.unwrap_or(target.tls_verify);
+        target.ca = self.ca_pem.as_deref().map(|pem| CaPem {
+            source: format!("the ca_pem of {}", target.shown),
+            pem: pem.into(),
+        });
+        Ok(target)
+    }
 }
 
 #[derive(Deserialize)]
@@ -354,7 +479,7 @@ struct TomlTarget {
     ca_file: Option<Spanned<String>>,
 }
 
-fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<(usize, Target)>, Problem> {
+fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<Lined>, Problem> {
     let file: TomlFile = toml::from_str(text).map_err(|e| Problem {
         line: e.span().map(|span| line_of(text, span.start)),
         text: e
@@ -366,11 +491,23 @@ fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<(usize, 
     })?;
     file.target
         .into_iter()
-        .map(|entry| {
-            let line = line_of(text, entry.url.span().start);
-            toml_target(entry, text, dir, defaults).map(|target| (line, target))
-        })
+        .map(|entry| toml_target(entry, text, dir, defaults))
         .collect()
+}
+
+/// The lines of a `[[target]]`'s keys, so that an error names the line of its key.
+struct KeyLines<'a> {
+    text: &'a str,
+    lines: HashMap<&'static str, usize>,
+}
+
+impl KeyLines<'_> {
+    fn take<T>(&mut self, key: &'static str, value: Option<Spanned<T>>) -> Option<T> {
+        let value = value?;
+        self.lines
+            .insert(key, line_of(self.text, value.span().start));
+        Some(value.into_inner())
+    }
 }
 
 fn toml_target(
@@ -378,56 +515,38 @@ fn toml_target(
     text: &str,
     dir: &Path,
     defaults: &Defaults,
-) -> Result<Target, Problem> {
-    let url = parse_at(text, &entry.url, |url| parse_url(url))?;
-    let mut target = Target::new(url, defaults);
-    if let Some(method) = entry.method {
-        target.method = parse_at(text, &method, |method| parse_method(method))?;
-    }
-    if let Some(headers) = entry.headers {
-        target.headers = parse_at(text, &headers, parse_headers)?;
-    }
-    target.body = entry.body;
-    if let Some(statuses) = entry.expect_status {
-        target.expect_status = parse_at(text, &statuses, parse_statuses)?;
-    }
-    if let Some(pattern) = entry.pattern {
-        target.pattern = Some(parse_at(text, &pattern, |p| parse_regex(p))?);
-    }
-    if let Some(pattern) = entry.forbid_pattern {
-        target.forbid_pattern = Some(parse_at(text, &pattern, |p| parse_regex(p))?);
-    }
-    if let Some(seconds) = entry.timeout {
-        target.timeout = parse_at(text, &seconds, |&s| seconds_of("timeout", s))?;
-    }
-    if let Some(seconds) = entry.interval {
-        target.interval = parse_at(text, &seconds, |&s| seconds_of("interval", s))?;
-    }
-    let head = request_head_estimate(&target);
-    if head > MAX_REQUEST_HEAD {
-        return Err(Problem::at(
-            line_of(text, entry.url.span().start),
-            format!(
-                "the request would take about {head} bytes with its URL and headers, more than the {MAX_REQUEST_HEAD} pub can send"
-            ),
-        ));
-    }
-    target.follow_redirects = entry.follow_redirects.unwrap_or(target.follow_redirects);
-    target.max_redirects = entry.max_redirects.unwrap_or(target.max_redirects);
-    target.tls_verify = entry.tls_verify.unwrap_or(target.tls_verify);
-    if let Some(ca_file) = entry.ca_file {
-        target.ca_file = Some(parse_at(text, &ca_file, |name| readable_file(dir, name))?);
-    }
-    Ok(target)
-}
-
-/// Checks a value from the file, and on failure blames the line the value is on.
-fn parse_at<T, U>(
-    text: &str,
-    value: &Spanned<T>,
-    parse: impl FnOnce(&T) -> Result<U, String>,
-) -> Result<U, Problem> {
-    parse(value.get_ref()).map_err(|e| Problem::at(line_of(text, value.span().start), e))
+) -> Result<Lined, Problem> {
+    let line = line_of(text, entry.url.span().start);
+    let mut keys = KeyLines {
+        text,
+        lines: HashMap::new(),
+    };
+    let ca_file = keys.take("ca_file", entry.ca_file);
+    let ca = match &ca_file {
+        Some(name) => Some(read_ca(dir, name).map_err(|e| Problem::at(keys.lines["ca_file"], e))?),
+        None => None,
+    };
+    let spec = Spec {
+        url: entry.url.into_inner(),
+        method: keys.take("method", entry.method),
+        headers: keys.take("headers", entry.headers),
+        body: entry.body,
+        expect_status: keys.take("expect_status", entry.expect_status),
+        pattern: keys.take("pattern", entry.pattern),
+        forbid_pattern: keys.take("forbid_pattern", entry.forbid_pattern),
+        timeout: keys.take("timeout", entry.timeout),
+        interval: keys.take("interval", entry.interval),
+        follow_redirects: entry.follow_redirects,
+        max_redirects: entry.max_redirects,
+        tls_verify: entry.tls_verify,
+        ca_pem: ca.as_ref().map(|ca| ca.pem.to_string()),
+    };
+    let mut target = spec
+        .target(defaults)
+        .map_err(|e| Problem::at(keys.lines.get(e.key).copied().unwrap_or(line), e.text))?;
+    // Errors about the CA name the file it came from.
+    target.ca = ca;
+    Ok((line, spec, target))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -532,22 +651,30 @@ fn request_head_estimate(target: &Target) -> usize {
     target.method.len() + 2 * target.url.as_str().len() + headers + 1024
 }
 
-/// Checked at load time, so that a typo fails the start instead of every later check.
-fn readable_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
+/// Read at load time, so that a typo fails the start instead of every later check.
+fn read_ca(dir: &Path, name: &str) -> Result<CaPem, String> {
     let path = dir.join(name);
-    let cannot = |why: String| format!("ca_file '{}': {why}", path.display());
-    let file = std::fs::File::open(&path).map_err(|e| cannot(e.to_string()))?;
+    let source = format!("ca_file '{}'", path.display());
+    let cannot = |why: String| format!("{source}: {why}");
+    let mut file = std::fs::File::open(&path).map_err(|e| cannot(e.to_string()))?;
     let metadata = file.metadata().map_err(|e| cannot(e.to_string()))?;
     if !metadata.is_file() {
         return Err(cannot("not a regular file".to_owned()));
     }
-    Ok(path)
+    let mut pem = String::new();
+    file.read_to_string(&mut pem)
+        .map_err(|e| cannot(e.to_string()))?;
+    Ok(CaPem {
+        source,
+        pem: pem.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh directory per test, removed when the test ends, pass or fail.
@@ -699,10 +826,10 @@ expect_status = 204
         assert_eq!(first.timeout, Duration::from_millis(2500));
         assert_eq!(first.interval, Duration::from_secs(60));
         assert!(!first.follow_redirects && first.max_redirects == 0 && !first.tls_verify);
-        assert_eq!(
-            first.ca_file.as_deref(),
-            Some(dir.0.join("certs/ca.pem").as_path())
-        );
+        let ca = first.ca.as_ref().expect("the CA is read");
+        let ca_path = dir.0.join("certs/ca.pem");
+        assert_eq!(ca.source, format!("ca_file '{}'", ca_path.display()));
+        assert_eq!(*ca.pem, std::fs::read_to_string(&ca_path).unwrap());
 
         let second = &targets[1];
         assert_eq!(second.expect_status, StatusSet(vec![500..=599]));

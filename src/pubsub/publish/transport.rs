@@ -8,14 +8,13 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use openssl::asn1::Asn1Time;
 use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslStream, SslVerifyMode};
-use openssl::x509::{X509Ref, X509VerifyResult};
+use openssl::x509::{X509Ref, X509VerifyResult, X509};
 use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -24,6 +23,8 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 use ureq::{Error, Timeout};
+
+use super::targets::CaPem;
 
 /// What one check's connection phases took; summed over redirects.
 #[derive(Debug, Default, Clone)]
@@ -124,7 +125,7 @@ pub struct OpensslConnector {
     /// which a plain-http target should not pay.
     connector: OnceLock<Result<SslConnector, String>>,
     verify: bool,
-    extra_ca: Option<PathBuf>,
+    extra_ca: Option<CaPem>,
 }
 
 impl fmt::Debug for OpensslConnector {
@@ -138,11 +139,11 @@ impl fmt::Debug for OpensslConnector {
 impl OpensslConnector {
     /// A connector with an extra CA is built at once, so a bad CA file is reported at
     /// start-up rather than at the first check.
-    pub fn new(verify: bool, extra_ca: Option<&Path>) -> Result<OpensslConnector, String> {
+    pub fn new(verify: bool, extra_ca: Option<&CaPem>) -> Result<OpensslConnector, String> {
         let connector = OpensslConnector {
             connector: OnceLock::new(),
             verify,
-            extra_ca: extra_ca.map(Path::to_path_buf),
+            extra_ca: extra_ca.cloned(),
         };
         if extra_ca.is_some() {
             connector.connector()?;
@@ -152,7 +153,7 @@ impl OpensslConnector {
 
     fn connector(&self) -> Result<&SslConnector, String> {
         self.connector
-            .get_or_init(|| build_connector(self.verify, self.extra_ca.as_deref()))
+            .get_or_init(|| build_connector(self.verify, self.extra_ca.as_ref()))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -182,13 +183,22 @@ impl OpensslConnector {
     }
 }
 
-fn build_connector(verify: bool, extra_ca: Option<&Path>) -> Result<SslConnector, String> {
+fn build_connector(verify: bool, extra_ca: Option<&CaPem>) -> Result<SslConnector, String> {
     let mut builder = SslConnector::builder(SslMethod::tls_client())
         .map_err(|e| format!("TLS setup failed: {e}"))?;
     if let Some(ca) = extra_ca {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| format!("ca_file '{}' is not a PEM CA: {e}", ca.display()))?;
+        let not_a_ca = |why: String| format!("{} is not a PEM CA: {why}", ca.source);
+        let certificates =
+            X509::stack_from_pem(ca.pem.as_bytes()).map_err(|e| not_a_ca(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(not_a_ca("no certificate in it".to_owned()));
+        }
+        for certificate in certificates {
+            builder
+                .cert_store_mut()
+                .add_cert(certificate)
+                .map_err(|e| not_a_ca(e.to_string()))?;
+        }
     }
     if !verify {
         builder.set_verify(SslVerifyMode::NONE);

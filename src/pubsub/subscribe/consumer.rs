@@ -181,15 +181,7 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Reaching a partition's end is how `--once` knows it is done, and a topic that
-        // does not exist yet is waited for (the poll loop says so): neither is a fault.
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(
-                    RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::UnknownTopicOrPartition
-                )
-        ) {
+        if kafka::is_consumers_routine(&error) {
             log::debug!("{reason}");
         } else {
             self.last_error.error(&error, reason);
