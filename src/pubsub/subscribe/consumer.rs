@@ -129,7 +129,6 @@ fn poll_once(consumer: &SinkConsumer, args: &SubArgs, wait: Duration) {
 
 pub fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut config = kafka::client_config(&args.kafka)?;
-    let session_ms = args.session_timeout.as_millis();
     config
         .set("group.id", &args.group)
         // Kafka's committed offsets are a courtesy for lag tools; the truth is in PostgreSQL.
@@ -137,13 +136,6 @@ pub fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> 
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        // Kafka's default of 45 s is how long a restarted sub waits for the partitions
-        // of one that was killed; brokers accept 6 to 300 s unless configured otherwise.
-        .set("session.timeout.ms", session_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (session_ms / 3).min(3000).to_string(),
-        )
         // librdkafka prefetches up to 64 MiB by default; a quarter of that keeps
         // several batches in hand and the process small.
         .set("queued.max.messages.kbytes", "16384")
@@ -151,6 +143,7 @@ pub fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> 
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Eager protocols only: the rebalance hook assigns whole sets at once.
         .set("partition.assignment.strategy", "range,roundrobin");
+    kafka::set_group_session(&mut config, args.session_timeout);
     Ok(config)
 }
 

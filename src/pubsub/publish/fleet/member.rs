@@ -66,20 +66,14 @@ impl Member {
         dispatcher: Arc<Dispatcher<Probe>>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Member> {
-        let session_ms = args.session_timeout.as_millis();
-        let consumer: BaseConsumer<MemberContext> = kafka::client_config(&args.kafka)?
+        let mut config = kafka::client_config(&args.kafka)?;
+        kafka::set_group_session(&mut config, args.session_timeout);
+        let consumer: BaseConsumer<MemberContext> = config
             .set("group.id", &args.pub_group)
             // The topic is state, not a stream: every assignment reads it from the start.
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            // Kafka's default of 45 s is how long a dead pub's targets would go
-            // unchecked; brokers accept 6 to 300 s unless configured otherwise.
-            .set("session.timeout.ms", session_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (session_ms / 3).min(3000).to_string(),
-            )
             // Only the partitions that move are revoked: the others' targets keep
             // their schedule through a rebalance.
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -194,7 +188,10 @@ impl Member {
             }
             keep
         });
-        log::info!("revoked partitions {partitions:?}: {dropped} targets");
+        log::info!(
+            "revoked partitions {partitions:?}: {dropped} targets; checking {} in all",
+            self.scheduled.len()
+        );
     }
 
     fn record(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
