@@ -18,6 +18,11 @@
 #   BENCH_WARMUP_TARGETS   10000           targets of each untimed warm-up run
 #   BENCH_WARMUP_ROUNDS    7               warm-up runs (they warm up Kafka)
 #   BENCH_KEEP_TABLES      0               1 keeps the PostgreSQL tables and the topics
+#   BENCH_METRICS          0               1 adds, to each pair, a pub run with
+#                                          --metrics-listen scraped five times a second
+#                                          (scripts/scrape-loop.sh), before or after the
+#                                          plain one by turns, and a table of the cost
+#   BENCH_METRICS_PORT     19464           its port
 #   CARGO_TARGET_DIR                       where the release binary is built
 #   MF_*                                   passed on to scripts/stack.sh (ports,
 #                                          state dir), see that script
@@ -38,6 +43,8 @@ PRIME_TARGETS=30
 # The rows of the timed runs, without those of prime_topic.
 MEASURED="target NOT LIKE '%/prime/%'"
 KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
+METRICS=${BENCH_METRICS:-0}
+METRICS_PORT=${BENCH_METRICS_PORT:-19464}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
 # pub --once without the caller's settings that would change what is checked
 # (extra targets, a pattern, a shard) or what it logs.
@@ -261,16 +268,25 @@ create_topic() { # topic
 # The wall time is the whole process, Kafka connection and final flush
 # included; the phases come from pub's own log timestamps (setup: start to
 # "checking", checks: to "flushing", flush: to "published").
-run_pub() { # targets-file concurrency topic
+run_pub() { # targets-file concurrency topic [metrics]
     local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu
-    local checking flushing published start_ms
+    local checking flushing published start_ms extra=() scraper=
+    if [[ ${4:-} == metrics ]]; then
+        extra=(--metrics-listen "127.0.0.1:$METRICS_PORT")
+        bash "$REPO/scripts/scrape-loop.sh" "$METRICS_PORT" &
+        scraper=$!
+    fi
     start=$(now_ns)
     if ! /usr/bin/time -f '%M %U %S' -o "$out.time" \
         "${PUB_ONCE[@]}" --targets-file "$file" --concurrency "$concurrency" \
-        --timeout 10 --topic "$topic" 2>"$out.pub.log"; then
+        --timeout 10 --topic "$topic" "${extra[@]}" 2>"$out.pub.log"; then
         warn "pub failed for $topic: $(tail -n 1 "$out.pub.log")"
     fi
     end=$(now_ns)
+    if [[ -n $scraper ]]; then
+        kill "$scraper"
+        wait "$scraper" 2>/dev/null || true
+    fi
     check_log "$out.pub.log" "pub ($topic)"
     # On failure GNU time writes a line of its own first: the figures are last.
     read -r rss cpu < <(tail -n 1 "$out.time")
@@ -368,20 +384,36 @@ prime_topic() { # topic
 # Median (p50) of a column, rounded to 0.01 ms: the SQL for one select item.
 p50() { echo "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY $1)::numeric, 2)"; }
 
+# With BENCH_METRICS, one pub run with --metrics-listen, scraped; print "wall cpu".
+measure_metrics() { # size concurrency topic
+    local size=$1 concurrency=$2 topic=$3_m wall cpu
+    log "pub --metrics-listen: $size targets, concurrency $concurrency"
+    prime_topic "$topic"
+    read -r wall _ cpu _ < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic" metrics)
+    drain "$topic"
+    check_rows "$topic" $((size + PRIME_TARGETS))
+    echo "$wall $cpu"
+}
+
 # One pub run and one ab run of the same size and concurrency, back to back; print
-# "wall rss cpu setup checks flush ab_rate ab_cpu topic".
+# "wall rss cpu setup checks flush ab_rate ab_cpu topic", and with BENCH_METRICS
+# "metrics_wall metrics_cpu" after them.
 measure_pair() { # nginx-port size concurrency repeat
     local port=$1 size=$2 concurrency=$3 topic=bench_pub_${STAMP}_$2_$3_$4
-    local wall rss cpu setup checks flush ab_rate ab_cpu
+    local wall rss cpu setup checks flush ab_rate ab_cpu with_metrics=
     log "pub: $size targets, concurrency $concurrency (pair $4 of $REPEAT)"
+    if ((METRICS && $4 % 2 == 0)); then measure_metrics "$size" "$concurrency" "$topic" >"$WORK/with-metrics"; fi
     prime_topic "$topic"
     read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
     drain "$topic"
     check_rows "$topic" $((size + PRIME_TARGETS))
+    if ((METRICS && $4 % 2 == 1)); then measure_metrics "$size" "$concurrency" "$topic" >"$WORK/with-metrics"; fi
     log "ab: $size requests, concurrency $concurrency"
     read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
     log "  pub $(rate_of "$size" "$wall") checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms (setup $setup, checks $checks, flush $flush)"
-    echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic"
+    # Not in a subshell either, for the same reason: read back from a file.
+    if ((METRICS)); then with_metrics=$(<"$WORK/with-metrics"); fi
+    echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic $with_metrics"
 }
 
 rate_of() { # count milliseconds
@@ -402,7 +434,7 @@ median() {
 throughput() { # nginx-port
     local port=$1 size concurrency r pairs middle wall rss cpu setup checks flush
     local ab_rate ab_cpu topic rate ratio range lag_p50 lag_p99 lag_max check_rate
-    local medians cpu_per phase_ratio rows=() phases=()
+    local medians cpu_per phase_ratio rows=() phases=() costs=()
     for size in $SIZES; do
         write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
         write_targets "$WORK/prime.txt" "$PRIME_TARGETS" "http://127.0.0.1:$port/prime/"
@@ -438,6 +470,7 @@ throughput() { # nginx-port
             # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
             phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
                 "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians $cpu_per)")
+            if ((METRICS)); then costs+=("$(metrics_cost_row "$size" "$concurrency" "$pairs")"); fi
         done
     done
     echo
@@ -461,6 +494,32 @@ throughput() { # nginx-port
     echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU |"
     echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|--------:|-------:|"
     printf '%s\n' "${phases[@]}"
+    if ((METRICS)); then
+        echo
+        echo "What --metrics-listen costs: the same pub --once with the endpoint on and scraped"
+        echo "five times a second, one such run per pair, before or after the plain run by turns."
+        echo "Walls in ms, min / median / max; CPU per check (user + system) at the median, in us."
+        echo
+        echo "|   size | conc | pub wall            | with metrics        | rate, metrics/plain | CPU plain | CPU metrics |"
+        echo "|-------:|-----:|--------------------:|--------------------:|--------------------:|----------:|------------:|"
+        printf '%s\n' "${costs[@]}"
+    fi
+}
+
+# A row of the metrics cost table from the pairs of one size and concurrency.
+metrics_cost_row() { # size concurrency pairs
+    local size=$1 concurrency=$2 pairs=$3
+    spread_of() { awk -v f="$1" '{ print $f }' <<<"$pairs" | sort -n | awk '{ v[NR] = $1 } END { printf "%s / %s / %s", v[1], v[int((NR + 1) / 2)], v[NR] }'; }
+    local plain with plain_cpu with_cpu
+    plain=$(awk '{ print $1 }' <<<"$pairs" | median)
+    with=$(awk '{ print $10 }' <<<"$pairs" | median)
+    plain_cpu=$(awk '{ print $3 }' <<<"$pairs" | median)
+    with_cpu=$(awk '{ print $11 }' <<<"$pairs" | median)
+    printf '| %6s | %4s | %19s | %19s | %19s | %9s | %11s |' "$size" "$concurrency" \
+        "$(spread_of 1)" "$(spread_of 10)" \
+        "$(awk -v a="$plain" -v b="$with" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')" \
+        "$(awk -v c="$plain_cpu" -v n="$size" 'BEGIN { printf "%.0f", c * 1000 / n }')" \
+        "$(awk -v c="$with_cpu" -v n="$size" 'BEGIN { printf "%.0f", c * 1000 / n }')"
 }
 
 # Every stored check's latency_ms minus the injected delay: "count median p90 max".

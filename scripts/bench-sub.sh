@@ -19,6 +19,11 @@
 # which goes first, all reading the same topic; the summary gives min / median / max.
 # Part 3 runs once, for this tree.
 #
+# BENCH_METRICS=1 adds "metrics" as a contender: this tree's sub with
+# --metrics-listen, scraped five times a second (scripts/scrape-loop.sh) while it
+# runs, to show what the endpoint costs:
+#   BENCH_METRICS=1 BENCH_ROUNDS=3 bash scripts/bench-sub.sh
+#
 # Extra `sub` flags (e.g. "--batch-size 20000") go in BENCH_SUB_ARGS, for every
 # contender. Every run uses new topics and tables, so the script can be run again
 # on the same stack. The stack keeps running; `scripts/stack.sh stop` stops it.
@@ -32,6 +37,8 @@ SECONDS_OF_CHECKS=${BENCH_SECONDS:-30}
 SITE_PORT=${BENCH_SITE_PORT:-18081}
 ROUNDS=${BENCH_ROUNDS:-1}
 COMPARE=${BENCH_COMPARE:-}
+METRICS=${BENCH_METRICS:-0}
+METRICS_PORT=${BENCH_METRICS_PORT:-19464}
 read -ra SUB_ARGS <<<"${BENCH_SUB_ARGS:-}"
 
 now() { date +%s.%N; }
@@ -59,6 +66,12 @@ if [[ -n $COMPARE ]]; then
     labels=("$rev" this)
     binary[$rev]=$tree/target/release/metrics-flow
 fi
+declare -A extra_args=()
+if ((METRICS)); then
+    labels+=(metrics)
+    binary[metrics]=$bin
+    extra_args[metrics]="--metrics-listen 127.0.0.1:$METRICS_PORT"
+fi
 
 work=$(mktemp -d)
 # The server writes and reads the baseline's CSV, so its directory is the
@@ -67,8 +80,10 @@ server_dir=$(mktemp -d)
 chmod 0777 "$server_dir"
 site_pid=
 sub_pid=
+scraper_pid=
 cleanup() {
     [[ -n $sub_pid ]] && kill -INT "$sub_pid" 2>/dev/null || true
+    [[ -n $scraper_pid ]] && kill "$scraper_pid" 2>/dev/null || true
     [[ -n $site_pid ]] && kill "$site_pid" 2>/dev/null || true
     rm -rf "$work" "$server_dir"
 }
@@ -101,12 +116,23 @@ copy_identical() {
 throughput() {
     local label=$1 round=$2
     local table=${topic}_${label}_$round started finished wall rows rss_kb steady batches copy copied
+    local extra=()
+    read -ra extra <<<"${extra_args[$label]:-}"
     log "round $round: $label sub --once on $N messages into $table"
+    if ((${#extra[@]})); then
+        bash scripts/scrape-loop.sh "$METRICS_PORT" &
+        scraper_pid=$!
+    fi
     started=$(now)
     /usr/bin/time -v -o "$work/time.txt" "${binary[$label]}" sub --once --topic "$topic" \
-        --table "$table" --group "$table" "${SUB_ARGS[@]}" 2>"$work/sub.log" ||
+        --table "$table" --group "$table" "${SUB_ARGS[@]}" "${extra[@]}" 2>"$work/sub.log" ||
         { tail -n 30 "$work/sub.log" >&2; exit 1; }
     finished=$(now)
+    if [[ -n $scraper_pid ]]; then
+        kill "$scraper_pid"
+        wait "$scraper_pid" 2>/dev/null || true
+        scraper_pid=
+    fi
     wall=$(elapsed "$started" "$finished")
     rows=$(sql "SELECT count(*) FROM $table")
     [[ $rows == "$N" ]] || { log "error: sub stored $rows rows, expected $N"; exit 1; }
@@ -193,7 +219,7 @@ ratios() { awk -v l="$1" -v s="$2" -v c="$3" '$1 == l { printf "%.0f\n", 100 * $
 cat <<EOF
 
 sub benchmark ($(nproc) cores; topic $topic, $PARTITIONS partitions, $N messages; sub flags: ${BENCH_SUB_ARGS:-defaults})
-$ROUNDS round(s); min / median / max; "this" is the working tree$([[ -n $COMPARE ]] && echo ", $rev is BENCH_COMPARE")
+$ROUNDS round(s); min / median / max; "this" is the working tree$([[ -n $COMPARE ]] && echo ", $rev is BENCH_COMPARE")$( ((METRICS)) && echo ', "metrics" is it with --metrics-listen, scraped 5 times a second')
 
 EOF
 for label in "${labels[@]}"; do
@@ -208,6 +234,11 @@ $label
   sub / COPY rate, first to last batch   $(ratios "$label" 3 5 | spread %d) %
 EOF
 done
+if ((METRICS)); then
+    echo
+    echo "metrics / this, rate at the median wall time: $(awk -v a="$(column metrics 2 | median)" \
+        -v b="$(column this 2 | median)" 'BEGIN { printf "%.0f%%", 100 * b / a }')"
+fi
 if [[ -n $COMPARE ]]; then
     echo
     echo "this / $rev, rate at the median wall time: $(awk -v a="$(column this 2 | median)" \

@@ -36,6 +36,8 @@ want_pkg postgresql
 want_pkg openssl
 want_cmd java openjdk-17-jre-headless
 want_cmd mvn maven
+# tests/metrics.rs checks the /metrics endpoint's output with promtool.
+want_cmd promtool prometheus
 
 ((${#missing[@]} == 0)) && exit 0
 

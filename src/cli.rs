@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::pubsub::metrics::ListenAddr;
 use crate::pubsub::publish::shard;
 use crate::pubsub::publish::targets::{parse_regex, UrlArg};
 use crate::pubsub::table::TableName;
@@ -205,6 +206,11 @@ pub struct PubArgs {
     #[arg(long, env = "LOCATION", value_parser = parse_location)]
     pub location: Option<String>,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics and health on /healthz;
+    /// ADDR is IP:PORT, or :PORT for every interface.
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR", value_parser = ListenAddr::parse)]
+    pub metrics_listen: Option<ListenAddr>,
+
     /// Regex searched in the body of every target that has no pattern of its own.
     #[arg(long, env = "PATTERN", value_parser = parse_regex)]
     pub pattern: Option<regex::bytes::Regex>,
@@ -322,6 +328,11 @@ pub struct SubArgs {
     /// Consecutive good checks that close it.
     #[arg(long, env = "UP_AFTER", default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000), allow_negative_numbers = true)]
     pub up_after: u32,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics and health on /healthz;
+    /// ADDR is IP:PORT, or :PORT for every interface.
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR", value_parser = ListenAddr::parse)]
+    pub metrics_listen: Option<ListenAddr>,
 
     /// A batch is written once its oldest message has waited this many milliseconds.
     #[arg(long = "batch-age-ms", env = "BATCH_AGE_MS", default_value = "200", value_parser = parse_millis, allow_negative_numbers = true)]

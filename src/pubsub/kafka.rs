@@ -404,3 +404,65 @@ mod tests {
         assert!(errors.take().unwrap().text.contains("brokers are down"));
     }
 }
+
+/// How often librdkafka reports its statistics when `/healthz` is served: how soon
+/// a lost or regained broker connection shows there.
+const STATS_EVERY_MS: &str = "1000";
+
+/// Asks librdkafka for the statistics [`record_broker_link`] reads.
+pub fn report_broker_states(config: &mut ClientConfig) {
+    config.set("statistics.interval.ms", STATS_EVERY_MS);
+}
+
+/// The part of librdkafka's statistics that says which brokers it is connected to.
+#[derive(serde::Deserialize)]
+struct BrokerStates {
+    brokers: std::collections::BTreeMap<String, BrokerState>,
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerState {
+    state: String,
+}
+
+/// Kafka is up for this client while it holds a connection to at least one broker.
+pub fn record_broker_link(link: &crate::pubsub::metrics::Link, statistics: &[u8]) {
+    let Ok(states) = serde_json::from_slice::<BrokerStates>(statistics) else {
+        return;
+    };
+    if states.brokers.values().any(|broker| broker.state == "UP") {
+        link.up();
+        return;
+    }
+    let seen: Vec<String> = states
+        .brokers
+        .iter()
+        .map(|(name, broker)| format!("{name} {}", broker.state))
+        .collect();
+    link.down(format!("no broker connected ({})", seen.join(", ")));
+}
+
+/// The low and high watermarks librdkafka last saw for a partition it fetches,
+/// without asking the broker (rdkafka wraps only the asking kind); None before the
+/// first fetch.
+pub fn cached_watermarks<C: rdkafka::ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client outlives the call, the topic is a valid C string, and the
+    // two out-pointers point at live i64s.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    let answered = code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    (answered && high >= 0).then_some((low, high))
+}

@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod message;
+pub mod metrics;
 pub mod pgconn;
 pub mod publish;
 pub mod report;

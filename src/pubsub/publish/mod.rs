@@ -1,5 +1,5 @@
 //! `pub`: checks targets on their schedules and publishes one result per check to
-//! Kafka.
+//! Kafka; [`metrics`] counts what happens on the way.
 //!
 //! The path of a check: [`targets`] loads what to check ([`shard`] narrows it),
 //! [`probe`] holds one probe per target, [`schedule`] says when each is due, a thread
@@ -9,6 +9,7 @@
 
 mod checkers;
 pub mod fleet;
+mod metrics;
 pub mod probe;
 mod producer;
 pub mod schedule;
@@ -21,13 +22,15 @@ use std::time::{Duration, Instant};
 
 use checkers::{Checker, CheckerPool, Origin};
 use fleet::member::Member;
+use metrics::PubMetrics;
 use probe::Probe;
-use producer::{DeliveryReports, Publisher};
+use producer::{DeliveryCounter, DeliveryReports, Publisher};
 use schedule::Dispatcher;
 use targets::Target;
 
 use crate::cli::PubArgs;
 use crate::error::UsageError;
+use crate::pubsub::metrics::{self as endpoint, Link};
 use crate::shutdown::Shutdown;
 
 /// The longest the main loop sleeps, so stop requests, lag warnings and progress lines
@@ -49,7 +52,11 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(_) => Vec::new(),
         None => Probe::for_each(load_targets(&args, &defaults)?)?,
     };
-    let producer = Arc::new(producer::connect_producer(&args, &shutdown)?);
+    let listener = args.metrics_listen.map(endpoint::bind).transpose()?;
+    let metrics = Arc::new(PubMetrics::new());
+    let kafka_link = Link::new("Kafka");
+    let context = DeliveryCounter::new(&metrics, &kafka_link);
+    let producer = Arc::new(producer::connect_producer(&args, &shutdown, context)?);
     let checkers = match &args.targets_topic {
         Some(_) => usize::from(args.concurrency),
         // A checker beyond one per target would never have work.
@@ -76,6 +83,12 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let dispatcher = Arc::new(Dispatcher::new(work, args.once));
     let publisher = Arc::new(Publisher::new(Arc::clone(&producer), &args.kafka.topic));
     let reports = DeliveryReports::serve(Arc::clone(&producer));
+    if let Some(listener) = listener {
+        endpoint::serve(
+            listener,
+            metrics_page(&metrics, kafka_link, &dispatcher, &publisher),
+        );
+    }
     let origin = Arc::new(Origin::new(args.location.clone()));
     log::info!("results carry probe {}", origin.probe);
     let pool = Arc::new(CheckerPool::start(
@@ -114,6 +127,31 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let finished = publisher.finish(args.flush_timeout);
     drop(reports);
     finished
+}
+
+/// The endpoint's page: the gauges are read from the schedule and the producer at
+/// each scrape, so serving them costs the checks nothing.
+fn metrics_page(
+    metrics: &Arc<PubMetrics>,
+    kafka: Arc<Link>,
+    dispatcher: &Arc<Dispatcher<Probe>>,
+    publisher: &Arc<Publisher>,
+) -> endpoint::Page {
+    let (metrics, dispatcher, publisher) = (
+        Arc::clone(metrics),
+        Arc::clone(dispatcher),
+        Arc::clone(publisher),
+    );
+    endpoint::Page {
+        registry: metrics.registry.clone(),
+        links: vec![kafka],
+        refresh: Box::new(move || {
+            metrics.targets.set(dispatcher.scheduled() as i64);
+            metrics
+                .publish_queue
+                .set(i64::try_from(publisher.waiting()).unwrap_or(i64::MAX));
+        }),
+    }
 }
 
 fn say_what_a_forced_exit_abandons(

@@ -13,9 +13,11 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
+use super::metrics::PubMetrics;
 use crate::cli::PubArgs;
 use crate::pubsub::kafka;
 use crate::pubsub::message::CheckResult;
+use crate::pubsub::metrics::Link;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 use crate::throttle::Throttle;
@@ -28,8 +30,12 @@ const REPORT_WINDOW: Duration = Duration::from_secs(1);
 pub type ResultProducer = BaseProducer<DeliveryCounter>;
 
 /// A producer whose brokers have answered, with the topic created if it was missing.
-pub fn connect_producer(args: &PubArgs, shutdown: &Shutdown) -> anyhow::Result<ResultProducer> {
-    let producer = build_producer(args)?;
+pub fn connect_producer(
+    args: &PubArgs,
+    shutdown: &Shutdown,
+    context: DeliveryCounter,
+) -> anyhow::Result<ResultProducer> {
+    let producer = build_producer(args, context)?;
     let known_topics = kafka::wait_for_brokers(
         producer.client(),
         || producer.poll(Duration::ZERO),
@@ -71,7 +77,7 @@ fn flush(producer: &ResultProducer, limit: Duration) -> bool {
     code == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
 }
 
-fn build_producer(args: &PubArgs) -> anyhow::Result<ResultProducer> {
+fn build_producer(args: &PubArgs, context: DeliveryCounter) -> anyhow::Result<ResultProducer> {
     let mut config = kafka::client_config(&args.kafka)?;
     config
         .set("enable.idempotence", "true")
@@ -89,17 +95,33 @@ fn build_producer(args: &PubArgs) -> anyhow::Result<ResultProducer> {
         // At 20 ms the first results can leave about 40 ms sooner; retries after a lost
         // connection still back off exponentially up to reconnect.backoff.max.ms.
         .set("reconnect.backoff.ms", "20");
+    if args.metrics_listen.is_some() {
+        kafka::report_broker_states(&mut config);
+    }
     config
-        .create_with_context(DeliveryCounter::default())
+        .create_with_context(context)
         .context("creating the Kafka producer")
 }
 
 /// Counts delivery reports; every failure is logged once.
-#[derive(Default)]
 pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
     last_error: kafka::LastError,
+    metrics: Arc<PubMetrics>,
+    kafka: Arc<Link>,
+}
+
+impl DeliveryCounter {
+    pub fn new(metrics: &Arc<PubMetrics>, kafka: &Arc<Link>) -> DeliveryCounter {
+        DeliveryCounter {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: kafka::LastError::default(),
+            metrics: Arc::clone(metrics),
+            kafka: Arc::clone(kafka),
+        }
+    }
 }
 
 impl ClientContext for DeliveryCounter {
@@ -109,6 +131,10 @@ impl ClientContext for DeliveryCounter {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.last_error.error(&error, reason);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        kafka::record_broker_link(&self.kafka, statistics);
     }
 }
 
@@ -129,6 +155,7 @@ impl ProducerContext for DeliveryCounter {
             }
             Err((error, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.deliveries_failed.inc();
                 log::error!("a result was not delivered to Kafka: {error}");
             }
         }
@@ -146,6 +173,7 @@ pub struct Publisher {
     /// flood the log for as long as Kafka is away.
     drop_log: Mutex<Throttle<String>>,
     pub progress: Progress,
+    metrics: Arc<PubMetrics>,
 }
 
 /// Checks since the last progress line, so a long run shows it is alive and how it fares.
@@ -176,7 +204,9 @@ impl Progress {
 
 impl Publisher {
     pub fn new(producer: Arc<ResultProducer>, topic: &str) -> Publisher {
+        let metrics = Arc::clone(&producer.context().metrics);
         Publisher {
+            metrics,
             producer,
             topic: topic.to_owned(),
             queued: AtomicU64::new(0),
@@ -228,6 +258,7 @@ impl Publisher {
     /// Queues one result keyed by its target, so a target's results stay in order.
     pub fn publish(&self, result: &CheckResult) {
         self.progress.record(result.ok);
+        self.metrics.checked(result);
         log::debug!(
             "{} ok={} status={:?} {:.1} ms",
             result.target,
@@ -244,6 +275,7 @@ impl Publisher {
             return;
         };
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.results_dropped.inc();
         let kind = format!("{:?}", error.rdkafka_error_code());
         if lock(&self.drop_log).admit(kind, Instant::now()).is_none() {
             return;

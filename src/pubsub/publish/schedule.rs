@@ -314,6 +314,12 @@ impl<T> Dispatcher<T> {
         self.wake_if_earlier(&*state, earliest_before, now);
     }
 
+    /// How many targets are scheduled now.
+    pub fn scheduled(&self) -> usize {
+        let state = lock(&self.state);
+        state.schedule.slots.len() - state.schedule.free.len()
+    }
+
     /// Stops scheduling the target in a slot; a check of it in flight finishes.
     pub fn remove(&self, slot: usize) {
         lock(&self.state).schedule.remove(slot);

@@ -14,6 +14,7 @@ use super::membership::Membership;
 use super::sink::Sink;
 use crate::cli::SubArgs;
 use crate::pubsub::kafka;
+use crate::pubsub::metrics::Link;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 
@@ -34,6 +35,7 @@ pub fn join_group(
     config: &rdkafka::ClientConfig,
     membership: &Membership,
     sink: &Arc<Mutex<Sink>>,
+    kafka_link: &Arc<Link>,
     args: &SubArgs,
     shutdown: &Shutdown,
 ) -> anyhow::Result<SinkConsumer> {
@@ -43,6 +45,7 @@ pub fn join_group(
         .create_with_context(SinkContext {
             sink: Arc::clone(sink),
             last_error: kafka::LastError::default(),
+            kafka_link: Arc::clone(kafka_link),
         })
         .context("creating the Kafka consumer")?;
     // Not subscribed yet, so polling here serves callbacks without taking messages.
@@ -144,6 +147,9 @@ pub fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> 
         // Eager protocols only: the rebalance hook assigns whole sets at once.
         .set("partition.assignment.strategy", "range,roundrobin");
     kafka::set_group_session(&mut config, args.session_timeout);
+    if args.metrics_listen.is_some() {
+        kafka::report_broker_states(&mut config);
+    }
     Ok(config)
 }
 
@@ -152,6 +158,7 @@ pub fn consumer_config(args: &SubArgs) -> anyhow::Result<rdkafka::ClientConfig> 
 pub struct SinkContext {
     sink: Arc<Mutex<Sink>>,
     last_error: kafka::LastError,
+    kafka_link: Arc<Link>,
 }
 
 impl kafka::KeepsLastError for SinkContext {
@@ -179,6 +186,10 @@ impl ClientContext for SinkContext {
         } else {
             self.last_error.error(&error, reason);
         }
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        kafka::record_broker_link(&self.kafka_link, statistics);
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`ledger`] and batches it, and [`store`] writes the batch, what [`derived`] makes of
 //! it (rollups, status, incidents) and the offsets in one transaction over the
 //! [`session`], into the day [`partitions`] of the tables [`migrations`] made.
+//! [`metrics`] counts what is stored and how far the table is behind the topic.
 
 mod answers;
 mod backfill;
@@ -13,6 +14,7 @@ mod consumer;
 pub mod derived;
 pub mod ledger;
 mod membership;
+mod metrics;
 pub mod migrations;
 pub mod partitions;
 mod session;
@@ -27,10 +29,12 @@ use rdkafka::consumer::Consumer;
 use consumer::Ended;
 use derived::Thresholds;
 use membership::Membership;
+use metrics::SubMetrics;
 use session::Session;
 use sink::{Keeping, Sink};
 
 use crate::cli::SubArgs;
+use crate::pubsub::metrics::{self as endpoint, Link};
 use crate::pubsub::pgconn::PgConnector;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
@@ -38,6 +42,7 @@ use crate::sync::lock;
 pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // Every setting is checked before anything is contacted, so bad input exits 2 at once.
     let kafka_config = consumer::consumer_config(&args)?;
+    let listener = args.metrics_listen.map(endpoint::bind).transpose()?;
     let connector = PgConnector::parse(args.database.dsn.expose())?;
     let mut session = Session::open(connector, args.kafka.connect_deadline, &shutdown)?;
     let keeping = Keeping {
@@ -56,19 +61,39 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         session.describe()
     );
 
+    let newest = store::newest_checked_at(session.client(), &args.database.table)
+        .map_err(|e| anyhow::anyhow!(store::describe(&e)))
+        .context("reading the newest result stored")?;
+    let metrics = Arc::new(SubMetrics::new(&args.kafka.topic, newest));
+    let kafka_link = Link::new("Kafka");
+    if let Some(listener) = listener {
+        endpoint::serve(listener, metrics_page(&metrics, &kafka_link, &session.link));
+    }
     let mut sink = Sink::new(
         session,
         args.database.table.clone(),
         args.kafka.topic.clone(),
         keeping,
+        Arc::clone(&metrics),
     )?;
     sink.maintain();
     let sink = Arc::new(Mutex::new(sink));
     say_what_a_forced_exit_abandons(&shutdown, &sink);
     let result = loop {
         let membership = Membership::new(&args.group);
-        let consumer = consumer::join_group(&kafka_config, &membership, &sink, &args, &shutdown)?;
-        match consumer::consume(&consumer, &args, &shutdown, membership) {
+        let consumer = Arc::new(consumer::join_group(
+            &kafka_config,
+            &membership,
+            &sink,
+            &kafka_link,
+            &args,
+            &shutdown,
+        )?);
+        metrics.watch(Some(Arc::clone(&consumer)));
+        let ended = consumer::consume(&consumer, &args, &shutdown, membership);
+        // Only this thread may drop the consumer: dropping it leaves the group.
+        metrics.watch(None);
+        match ended {
             // Dropping the consumer leaves the group; its replacement joins afresh and
             // resumes from the offsets stored in PostgreSQL.
             Ok(Ended::LeftGroup) => log::warn!(
@@ -87,6 +112,19 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         totals.rejected
     );
     result
+}
+
+fn metrics_page(
+    metrics: &Arc<SubMetrics>,
+    kafka: &Arc<Link>,
+    database: &Arc<Link>,
+) -> endpoint::Page {
+    let metrics_ = Arc::clone(metrics);
+    endpoint::Page {
+        registry: metrics.registry.clone(),
+        links: vec![Arc::clone(kafka), Arc::clone(database)],
+        refresh: Box::new(move || metrics_.refresh()),
+    }
 }
 
 fn say_what_a_forced_exit_abandons(shutdown: &Shutdown, sink: &Arc<Mutex<Sink>>) {

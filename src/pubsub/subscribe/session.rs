@@ -2,11 +2,13 @@
 //! waiting out a later outage for as long as it lasts, and deciding after a failed
 //! batch whether to wait, pause or give up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::Client;
 
 use super::store::describe;
+use crate::pubsub::metrics::Link;
 use crate::pubsub::pgconn::PgConnector;
 use crate::retry::{retry_until, retry_while_running};
 use crate::shutdown::Shutdown;
@@ -20,6 +22,8 @@ pub struct Session {
     client: Client,
     connector: PgConnector,
     shutdown: Shutdown,
+    /// What `/healthz` says of PostgreSQL.
+    pub link: Arc<Link>,
 }
 
 impl Session {
@@ -33,10 +37,13 @@ impl Session {
         let client = retry_until(&connector.describe(), deadline, shutdown, || {
             connector.connect()
         })?;
+        let link = Link::new("PostgreSQL");
+        link.up();
         Ok(Session {
             client,
             connector,
             shutdown: shutdown.clone(),
+            link,
         })
     }
 
@@ -46,6 +53,14 @@ impl Session {
 
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// Marks PostgreSQL down if the server closed the connection (a shutdown or a
+    /// restart does), without a round trip; the next batch reconnects.
+    pub fn notice_a_lost_connection(&self) {
+        if self.client.is_closed() {
+            self.link.down("the connection was closed");
+        }
     }
 
     fn connected(&mut self) -> bool {
@@ -58,11 +73,13 @@ impl Session {
         if self.connected() {
             return Ok(());
         }
+        self.link.down("the connection was lost; reconnecting");
         let connector = &self.connector;
         let (client, outage) = retry_while_running(&connector.describe(), &self.shutdown, || {
             connector.connect()
         })?;
         self.client = client;
+        self.link.up();
         log::info!(
             "reconnected to {} after {:.0} s",
             self.describe(),

@@ -2,6 +2,7 @@
 //! the ledger of offsets, and the PostgreSQL session that stores both together.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::consumer::SinkConsumer;
 use super::derived::Thresholds;
 use super::ledger::{Ledger, Start, Verdict};
+use super::metrics::SubMetrics;
 use super::partitions::{day_of, Partitions};
 use super::session::Session;
 use super::store::{
@@ -55,6 +57,7 @@ pub struct Sink {
     pub totals: Totals,
     /// An unrecoverable error raised inside a callback, surfaced by the poll loop.
     pub fatal: Option<anyhow::Error>,
+    metrics: Arc<SubMetrics>,
 }
 
 impl Sink {
@@ -63,6 +66,7 @@ impl Sink {
         table: TableName,
         topic: String,
         keeping: Keeping,
+        metrics: Arc<SubMetrics>,
     ) -> anyhow::Result<Sink> {
         let partitions = Partitions::load(session.client(), &table)
             .map_err(|e| anyhow::anyhow!(store::describe(&e)))
@@ -79,6 +83,7 @@ impl Sink {
             batch_started: None,
             totals: Totals::default(),
             fatal: None,
+            metrics,
         })
     }
 
@@ -86,6 +91,7 @@ impl Sink {
     /// and drops those past the retention, saying so for each. A failure is logged
     /// and tried again at the next round: nothing waits for it.
     pub fn maintain(&mut self) {
+        self.session.notice_a_lost_connection();
         if self
             .maintained
             .is_some_and(|at| at.elapsed() < MAINTAIN_EVERY)
@@ -194,9 +200,10 @@ impl Sink {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_started = None;
+        let started = Instant::now();
         match self.commit(batch) {
             Ok(batch) => {
-                self.committed(consumer, &batch);
+                self.committed(consumer, &batch, started.elapsed());
                 Ok(())
             }
             Err(CommitError::Fenced { partition }) => {
@@ -255,9 +262,17 @@ impl Sink {
         }
     }
 
-    fn committed(&mut self, consumer: &SinkConsumer, batch: &Batch) {
+    fn committed(&mut self, consumer: &SinkConsumer, batch: &Batch, took: Duration) {
         self.totals.rows += batch.accepted.len() as u64;
         self.totals.rejected += batch.rejected.len() as u64;
+        let newest = batch.accepted.iter().map(|row| row.check.checked_at).max();
+        self.metrics.committed(
+            took,
+            batch.accepted.len(),
+            batch.rejected.len(),
+            self.ledger.pending(),
+            newest,
+        );
         let mut offsets = TopicPartitionList::new();
         for (&partition, &next) in self.ledger.pending() {
             let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next));
@@ -276,6 +291,7 @@ impl Sink {
         let stored = self
             .stored_offsets(&partitions)
             .context("reading stored offsets")?;
+        self.metrics.assigned(partitions.clone(), &stored);
         for (partition, start) in self.ledger.rewind(&stored) {
             consumer
                 .seek(
@@ -296,6 +312,7 @@ impl Sink {
             .iter()
             .map(|e| e.partition())
             .collect();
+        self.metrics.assigned(numbers.clone(), &BTreeMap::new());
         // A failure ends the run, but the hook must assign something: see
         // Ledger::assign for why starting from nothing stored is safe meanwhile.
         let stored = self.stored_offsets(&numbers).unwrap_or_else(|error| {
@@ -305,6 +322,7 @@ impl Sink {
         for (partition, start) in self.ledger.assign(&numbers, &stored) {
             let _ = partitions.set_partition_offset(&self.topic, partition, offset(start));
         }
+        self.metrics.assigned(self.ledger.partitions(), &stored);
         log::info!("assigned partitions {:?}", self.ledger.partitions());
     }
 
@@ -312,6 +330,7 @@ impl Sink {
     /// gets the partitions).
     pub fn on_revoke(&mut self) {
         log::info!("partitions {:?} revoked", self.ledger.revoke());
+        self.metrics.revoked();
         self.batch = Batch::default();
         self.batch_started = None;
     }

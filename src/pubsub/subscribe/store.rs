@@ -153,6 +153,16 @@ pub fn stored_offsets(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// The newest `checked_at` the table holds, from `<table>_status`, one row a target.
+pub fn newest_checked_at(
+    client: &mut Client,
+    table: &TableName,
+) -> Result<Option<DateTime<Utc>>, postgres::Error> {
+    let status = table.with_suffix("_status");
+    let row = client.query_one(&format!("SELECT max(last_checked_at) FROM {status}"), &[])?;
+    Ok(row.get(0))
+}
+
 /// Writes the batch and advances the offsets in one transaction, behind the fence of
 /// [`Advance`].
 pub fn commit_batch(
