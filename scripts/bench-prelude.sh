@@ -5,10 +5,7 @@
 log() { echo "bench: $*" >&2; }
 sql() { psql "$POSTGRESQL_DSN" -X -q -v ON_ERROR_STOP=1 -Atc "$1"; }
 # drop_results TABLE: the results table and every table sub derives from it
-drop_results() {
-    sql "DROP TABLE IF EXISTS $1, $1_rejected, $1_offsets, $1_migrations,
-         $1_hourly, $1_daily, $1_status, $1_incidents CASCADE"
-}
+drop_results() { bash scripts/drop-results.sh "$1"; }
 
 bash scripts/deps.sh
 stack_env=$(bash scripts/stack.sh start)

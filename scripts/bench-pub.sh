@@ -221,7 +221,7 @@ figures() { # sql count
 }
 
 drop_tables() { # table
-    psql_q "SET client_min_messages = warning; DROP TABLE IF EXISTS $1, ${1}_rejected, ${1}_offsets, ${1}_migrations" >/dev/null
+    bash "$REPO/scripts/drop-results.sh" "$1"
 }
 
 # Milliseconds since the epoch of an env_logger line's timestamp, e.g.
@@ -446,7 +446,7 @@ throughput() { # nginx-port
             done
             pairs=$(<"$WORK/pairs")
             middle=$(sort -n -k1,1 <<<"$pairs" | sed -n "$(((REPEAT + 1) / 2))p")
-            read -r wall rss cpu setup checks flush _ _ topic <<<"$middle"
+            read -r wall rss cpu setup checks flush _ _ topic _ <<<"$middle"
             ab_rate=$(awk '{ print $7 }' <<<"$pairs" | median)
             ab_cpu=$(awk '{ print $8 }' <<<"$pairs" | median)
             rate=$(rate_of "$size" "$wall")

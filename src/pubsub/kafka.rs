@@ -441,28 +441,3 @@ pub fn record_broker_link(link: &crate::pubsub::metrics::Link, statistics: &[u8]
         .collect();
     link.down(format!("no broker connected ({})", seen.join(", ")));
 }
-
-/// The low and high watermarks librdkafka last saw for a partition it fetches,
-/// without asking the broker (rdkafka wraps only the asking kind); None before the
-/// first fetch.
-pub fn cached_watermarks<C: rdkafka::ClientContext>(
-    client: &Client<C>,
-    topic: &str,
-    partition: i32,
-) -> Option<(i64, i64)> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client outlives the call, the topic is a valid C string, and the
-    // two out-pointers point at live i64s.
-    let code = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            client.native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    let answered = code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-    (answered && high >= 0).then_some((low, high))
-}

@@ -1,19 +1,17 @@
 //! sub's metrics: rows stored and rejected, how long a batch takes to commit, and how
 //! far the table is behind the topic, from the offsets PostgreSQL holds.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::ClientContext;
 
-use crate::pubsub::kafka;
-
-use super::consumer::SinkConsumer;
 use crate::sync::lock;
 
 /// How long a scrape waits for a partition's leader to say where the partition ends.
@@ -40,13 +38,50 @@ pub struct SubMetrics {
     freshness: Gauge,
     assigned_partitions: IntGauge,
     stored: Mutex<Stored>,
-    /// The consumer whose cached watermarks give the lag; None between consumers.
-    consumer: Mutex<Option<Arc<SinkConsumer>>>,
+    /// A client of its own for asking where partitions end: on the consumer's
+    /// connection the question waits behind the fetcher's long poll (about 330 ms a
+    /// partition measured here, 1 s a scrape of 3 partitions).
+    asker: Option<BaseConsumer<Quiet>>,
+    /// The partitions `partition_lag` has a series for.
+    labelled: Mutex<BTreeSet<i32>>,
     topic: String,
 }
 
+/// librdkafka's messages from the asking client, at debug level: while Kafka is
+/// down, sub's own consumer already says so.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        log::debug!("lag client: {facility}: {message}");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log::debug!("lag client: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 impl SubMetrics {
-    pub fn new(topic: &str, newest: Option<DateTime<Utc>>) -> SubMetrics {
+    /// `kafka` is sub's client configuration, for the client that asks where the
+    /// partitions end; None when nothing will scrape.
+    pub fn new(
+        topic: &str,
+        newest: Option<DateTime<Utc>>,
+        kafka: Option<&rdkafka::ClientConfig>,
+    ) -> anyhow::Result<SubMetrics> {
+        let asker = match kafka {
+            Some(config) => Some(
+                config
+                    .clone()
+                    // Its statistics would say nothing /healthz needs.
+                    .set("statistics.interval.ms", "0")
+                    .create_with_context(Quiet)
+                    .map_err(|e| anyhow::anyhow!("creating the Kafka client for the lag: {e}"))?,
+            ),
+            None => None,
+        };
         let registry = Registry::new_custom(Some("metrics_flow".into()), None)
             .expect("a constant prefix is valid");
         let metrics = SubMetrics {
@@ -87,7 +122,8 @@ impl SubMetrics {
                 newest,
                 ..Stored::default()
             }),
-            consumer: Mutex::new(None),
+            asker,
+            labelled: Mutex::new(BTreeSet::new()),
             topic: topic.to_owned(),
             registry,
         };
@@ -105,7 +141,7 @@ impl SubMetrics {
                 .register(collector)
                 .expect("each metric is registered once");
         }
-        metrics
+        Ok(metrics)
     }
 
     /// A batch committed: its rows, its offsets, its newest result.
@@ -139,16 +175,10 @@ impl SubMetrics {
         lock(&self.stored).assigned.clear();
     }
 
-    /// The consumer to read watermarks from, or None while there is none.
-    pub fn watch(&self, consumer: Option<Arc<SinkConsumer>>) {
-        *lock(&self.consumer) = consumer;
-    }
-
-    /// Brings the gauges up to date for a scrape, on the endpoint's thread. The high
-    /// watermarks are asked of the leaders (about 1 ms a partition here): the ones
-    /// librdkafka caches stop moving while an assignment waits for PostgreSQL, which
-    /// is when the lag matters. After one question fails (Kafka down), the rest are
-    /// the cached ones. The sink's lock is not held meanwhile.
+    /// Brings the gauges up to date for a scrape, on the endpoint's thread: the
+    /// high watermarks are asked of the leaders then (about 1 ms a partition). Once
+    /// a question fails (Kafka down), the remaining partitions keep the lag last
+    /// seen. The sink's lock is not held meanwhile.
     pub fn refresh(&self) {
         let (assigned, next, newest) = {
             let stored = lock(&self.stored);
@@ -159,35 +189,23 @@ impl SubMetrics {
             let age = (Utc::now() - newest).as_seconds_f64();
             self.freshness.set(age.max(0.0));
         }
-        let consumer = lock(&self.consumer);
-        let Some(consumer) = consumer.as_ref() else {
-            self.partition_lag.reset();
+        let Some(asker) = &self.asker else {
             return;
         };
-        let mut ask = true;
-        let mut lags = Vec::new();
+        let mut labelled = lock(&self.labelled);
+        for gone in labelled.difference(&assigned.iter().copied().collect()) {
+            let _ = self.partition_lag.remove_label_values(&[&gone.to_string()]);
+        }
+        labelled.retain(|p| assigned.contains(p));
         for partition in assigned {
-            let asked = ask
-                .then(|| {
-                    consumer
-                        .fetch_watermarks(&self.topic, partition, ASK_LIMIT)
-                        .ok()
-                })
-                .flatten();
-            ask = asked.is_some();
-            let Some((low, high)) = asked
-                .or_else(|| kafka::cached_watermarks(consumer.client(), &self.topic, partition))
-            else {
-                continue;
+            let Ok((low, high)) = asker.fetch_watermarks(&self.topic, partition, ASK_LIMIT) else {
+                break;
             };
             let next = next.get(&partition).copied().unwrap_or(low.max(0));
-            lags.push((partition, (high - next).max(0)));
-        }
-        self.partition_lag.reset();
-        for (partition, lag) in lags {
             self.partition_lag
                 .with_label_values(&[&partition.to_string()])
-                .set(lag);
+                .set((high - next).max(0));
+            labelled.insert(partition);
         }
     }
 }

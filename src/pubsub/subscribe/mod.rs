@@ -64,7 +64,11 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let newest = store::newest_checked_at(session.client(), &args.database.table)
         .map_err(|e| anyhow::anyhow!(store::describe(&e)))
         .context("reading the newest result stored")?;
-    let metrics = Arc::new(SubMetrics::new(&args.kafka.topic, newest));
+    let metrics = Arc::new(SubMetrics::new(
+        &args.kafka.topic,
+        newest,
+        listener.as_ref().map(|_| &kafka_config),
+    )?);
     let kafka_link = Link::new("Kafka");
     if let Some(listener) = listener {
         endpoint::serve(listener, metrics_page(&metrics, &kafka_link, &session.link));
@@ -81,19 +85,15 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     say_what_a_forced_exit_abandons(&shutdown, &sink);
     let result = loop {
         let membership = Membership::new(&args.group);
-        let consumer = Arc::new(consumer::join_group(
+        let consumer = consumer::join_group(
             &kafka_config,
             &membership,
             &sink,
             &kafka_link,
             &args,
             &shutdown,
-        )?);
-        metrics.watch(Some(Arc::clone(&consumer)));
-        let ended = consumer::consume(&consumer, &args, &shutdown, membership);
-        // Only this thread may drop the consumer: dropping it leaves the group.
-        metrics.watch(None);
-        match ended {
+        )?;
+        match consumer::consume(&consumer, &args, &shutdown, membership) {
             // Dropping the consumer leaves the group; its replacement joins afresh and
             // resumes from the offsets stored in PostgreSQL.
             Ok(Ended::LeftGroup) => log::warn!(
