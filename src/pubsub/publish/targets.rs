@@ -151,6 +151,22 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// room for the headers. Many servers refuse longer ones anyway (414).
 const MAX_URL_BYTES: usize = 8 * 1024;
 
+/// Patterns compiled so far, so that many targets sharing one pattern share one
+/// compiled regex: compiling took 5 to 7 µs and about 1.2 KB a target (issue 16).
+#[derive(Default)]
+pub struct Patterns(HashMap<String, Regex>);
+
+impl Patterns {
+    pub fn compile(&mut self, text: &str) -> Result<Regex, String> {
+        if let Some(regex) = self.0.get(text) {
+            return Ok(regex.clone());
+        }
+        let regex = parse_regex(text)?;
+        self.0.insert(text.to_owned(), regex.clone());
+        Ok(regex)
+    }
+}
+
 /// A regex over bytes, so bodies that are not valid UTF-8 can still be searched.
 pub fn parse_regex(text: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::Regex::new(text).map_err(|e| one_line_regex_error(text, &e))
@@ -339,6 +355,7 @@ impl Problem {
 
 fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Lined>, Problem> {
     let mut targets = Vec::new();
+    let mut patterns = Patterns::default();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -352,7 +369,7 @@ fn from_plain(text: &str, defaults: &Defaults) -> Result<Vec<Lined>, Problem> {
             ..Spec::default()
         };
         let target = spec
-            .target(defaults)
+            .target(defaults, &mut patterns)
             .map_err(|e| Problem::at(index + 1, e.text))?;
         targets.push((index + 1, spec, target));
     }
@@ -410,7 +427,12 @@ pub struct SpecError {
 
 impl Spec {
     /// The target these settings make, flags' defaults filling in the rest.
-    pub fn target(&self, defaults: &Defaults) -> Result<Target, SpecError> {
+    /// Patterns come from `patterns`, compiled there if new.
+    pub fn target(
+        &self,
+        defaults: &Defaults,
+        patterns: &mut Patterns,
+    ) -> Result<Target, SpecError> {
         let at = |key: &'static str| move |text: String| SpecError { key, text };
         let url = parse_url(&self.url).map_err(at("url"))?;
         let mut target = Target::new(url, defaults);
@@ -425,10 +447,10 @@ impl Spec {
             target.expect_status = parse_statuses(statuses).map_err(at("expect_status"))?;
         }
         if let Some(pattern) = &self.pattern {
-            target.pattern = Some(parse_regex(pattern).map_err(at("pattern"))?);
+            target.pattern = Some(patterns.compile(pattern).map_err(at("pattern"))?);
         }
         if let Some(pattern) = &self.forbid_pattern {
-            target.forbid_pattern = Some(parse_regex(pattern).map_err(at("forbid_pattern"))?);
+            target.forbid_pattern = Some(patterns.compile(pattern).map_err(at("forbid_pattern"))?);
         }
         if let Some(seconds) = self.timeout {
             target.timeout = seconds_of("timeout", seconds).map_err(at("timeout"))?;
@@ -489,9 +511,10 @@ fn from_toml(text: &str, dir: &Path, defaults: &Defaults) -> Result<Vec<Lined>, 
             .collect::<Vec<_>>()
             .join(" "),
     })?;
+    let mut patterns = Patterns::default();
     file.target
         .into_iter()
-        .map(|entry| toml_target(entry, text, dir, defaults))
+        .map(|entry| toml_target(entry, text, dir, defaults, &mut patterns))
         .collect()
 }
 
@@ -515,6 +538,7 @@ fn toml_target(
     text: &str,
     dir: &Path,
     defaults: &Defaults,
+    patterns: &mut Patterns,
 ) -> Result<Lined, Problem> {
     let line = line_of(text, entry.url.span().start);
     let mut keys = KeyLines {
@@ -542,7 +566,7 @@ fn toml_target(
         ca_pem: ca.as_ref().map(|ca| ca.pem.to_string()),
     };
     let mut target = spec
-        .target(defaults)
+        .target(defaults, patterns)
         .map_err(|e| Problem::at(keys.lines.get(e.key).copied().unwrap_or(line), e.text))?;
     // Errors about the CA name the file it came from.
     target.ca = ca;

@@ -17,7 +17,7 @@ use crate::cli::PubArgs;
 use crate::pubsub::kafka;
 use crate::pubsub::publish::probe::{Probe, ProbeMaker};
 use crate::pubsub::publish::schedule::Dispatcher;
-use crate::pubsub::publish::targets::Defaults;
+use crate::pubsub::publish::targets::{Defaults, Patterns};
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 
@@ -226,7 +226,7 @@ impl Member {
 
     /// A target that arrives or changes after its partition was read: in force now.
     fn upsert(&mut self, partition: i32, key: String, value: &[u8]) {
-        let Some(probe) = self.probe(&key, value) else {
+        let Some(probe) = self.probe(&key, value, &mut Patterns::default()) else {
             return;
         };
         let interval = probe.target.interval;
@@ -246,10 +246,11 @@ impl Member {
 
     /// The probe a record describes; None, with a warning, if it cannot be checked.
     /// A target already scheduled keeps its previous settings then.
-    fn probe(&mut self, key: &str, value: &[u8]) -> Option<Probe> {
+    /// `patterns` shares compiled patterns between the targets of one restore.
+    fn probe(&mut self, key: &str, value: &[u8], patterns: &mut Patterns) -> Option<Probe> {
         let made = record::decode(value)
             .and_then(|spec| {
-                spec.target(&self.defaults)
+                spec.target(&self.defaults, patterns)
                     .map_err(|e| format!("{}: {}", e.key, e.text))
             })
             .and_then(|target| self.maker.make(target).map_err(|e| e.to_string()));
@@ -275,8 +276,9 @@ impl Member {
             let restoring = self.restoring.remove(&partition).expect("listed above");
             let mut work = Vec::new();
             let mut keys = Vec::new();
+            let mut patterns = Patterns::default();
             for (key, value) in &restoring.latest {
-                if let Some(probe) = self.probe(key, value) {
+                if let Some(probe) = self.probe(key, value, &mut patterns) {
                     let interval = probe.target.interval;
                     work.push((probe, interval));
                     keys.push(key.clone());
