@@ -241,6 +241,12 @@ pub struct PubArgs {
     #[arg(long, env = "QUEUE_MAX", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..=10_000_000), allow_negative_numbers = true)]
     pub queue_max: u32,
 
+    /// Seconds pub holds new checks back while the producer's queue is full (a
+    /// stalled broker); past that it checks again, and results that do not fit are
+    /// dropped.
+    #[arg(long, env = "STALL_LIMIT", default_value = "60", value_parser = seconds::parse, allow_negative_numbers = true)]
+    pub stall_limit: Duration,
+
     /// Partitions of the topic when pub has to create it [default: the broker's].
     #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub partitions: Option<i32>,

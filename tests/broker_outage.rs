@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -83,6 +83,9 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
         "0.1",
         "--queue-max",
         "3",
+        // Held checks start again after a second, so results are dropped.
+        "--stall-limit",
+        "1",
         "--target",
         &server.url("/ok"),
     ]));
@@ -101,6 +104,10 @@ fn past_the_queue_bound_results_are_dropped_loudly() {
     assert!(
         stderr.contains("producer queue full"),
         "no loud drop in:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("no check starts until") && stderr.contains("--stall-limit"),
+        "checks were not held first:\n{stderr}"
     );
     let last = stderr.trim_end().lines().last().unwrap_or_default();
     assert!(last.contains("dropped on a full queue"), "{last}");
@@ -213,5 +220,83 @@ fn an_outage_is_logged_as_it_changes_not_line_by_line() {
         wait_until(Duration::from_secs(90), || stack.count(&topic) > stored + 2),
         "sub did not resume after the outage:\n{}",
         subscriber.log()
+    );
+}
+
+/// A broker frozen for a few seconds under load: pub holds new checks back while its
+/// queue is full, drops nothing, and every result it made reaches the topic.
+#[test]
+fn a_stalled_broker_holds_checks_back_and_drops_nothing() {
+    let stack = Stack::exclusive();
+    let server = TestServer::start();
+    let topic = unique("stall");
+    let mut args = vec!["pub", "--delay", "0.1", "--queue-max", "200"];
+    let targets: Vec<String> = (0..50).map(|i| server.url(&format!("/ok?{i}"))).collect();
+    for target in &targets {
+        args.extend(["--target", target.as_str()]);
+    }
+    let mut publisher = Logged::spawn(metrics_flow(&stack, &topic).args(&args));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            publisher.log().contains("publishing to")
+        }),
+        "{}",
+        publisher.log()
+    );
+    let frozen = freeze_kafka();
+    assert!(
+        wait_until(Duration::from_secs(30), || publisher
+            .log()
+            .contains("no check starts until")),
+        "checks were not held while Kafka was frozen:\n{}",
+        publisher.log()
+    );
+    // Held: the site gets no more requests than the checks already in flight.
+    let held_at = server.request_count();
+    let held_for = Instant::now();
+    // The stall's length is the experiment: 3 s, well inside the default
+    // --stall-limit of 60 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let made_while_held = server.request_count() - held_at;
+    drop(frozen);
+    assert!(
+        wait_until(Duration::from_secs(60), || publisher
+            .log()
+            .contains("checking again")),
+        "checks did not start again after Kafka thawed:\n{}",
+        publisher.log()
+    );
+    eprintln!(
+        "held {:.1} s; {made_while_held} requests while held",
+        held_for.elapsed().as_secs_f64()
+    );
+    assert!(
+        made_while_held <= 50,
+        "{made_while_held} checks started while held (50 targets, so at most one each in flight)"
+    );
+    publisher.signal("INT");
+    let (status, log) = publisher.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "results were lost:\n{log}");
+    assert!(log.contains(" 0 dropped on a full queue"), "{log}");
+    let published: usize = log
+        .lines()
+        .find_map(|line| {
+            line.split("] published ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("pub's summary line");
+    assert_eq!(
+        read_topic(&stack, &topic).len(),
+        published,
+        "the topic against pub's count"
+    );
+    assert_eq!(
+        published,
+        server.request_count(),
+        "a result for every check made"
     );
 }

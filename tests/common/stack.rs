@@ -62,9 +62,7 @@ impl Stack {
 /// call opens it anew: flock(2) locks belong to an open file, so two opens in one
 /// process exclude each other as two processes do.
 fn lock_file() -> File {
-    let dir = std::env::var_os("MF_STACK_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").into());
+    let dir = stack_dir();
     std::fs::create_dir_all(&dir).expect("creating the stack directory");
     let path = dir.join("tests.lock");
     std::fs::OpenOptions::new()
@@ -174,5 +172,35 @@ impl Drop for Stopped {
                 eprintln!("could not start {} again: {error}", self.service);
             }
         }
+    }
+}
+
+/// The stack's state directory, as scripts/stack.sh chooses it.
+fn stack_dir() -> std::path::PathBuf {
+    std::env::var_os("MF_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").into())
+}
+
+/// Kafka frozen with SIGSTOP, as a stalled broker (a long GC pause, a saturated
+/// disk) is: connections stay open and nothing answers. Dropping it thaws Kafka.
+pub struct Frozen {
+    pid: String,
+}
+
+pub fn freeze_kafka() -> Frozen {
+    let pid_file = stack_dir().join("kafka/kafka.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
+        .trim()
+        .to_owned();
+    let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(status.success(), "kill -STOP {pid} failed");
+    Frozen { pid }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.pid]).status();
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use super::backpressure::Backpressure;
 use super::probe::Probe;
 use super::producer::Publisher;
 use super::schedule::Dispatcher;
@@ -41,6 +42,7 @@ pub struct Checker {
     pub max_body_bytes: u64,
     pub dispatcher: Arc<Dispatcher<Probe>>,
     pub publisher: Arc<Publisher>,
+    pub backpressure: Arc<Backpressure>,
     pub origin: Arc<Origin>,
 }
 
@@ -55,6 +57,7 @@ impl Checker {
             details.location.clone_from(&self.origin.location);
             details.probe = Some(self.origin.probe.clone());
             self.publisher.publish(&result);
+            self.backpressure.queued(self.publisher.waiting());
             self.dispatcher.completed(&due);
         }
     }

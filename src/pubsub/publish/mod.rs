@@ -7,6 +7,7 @@
 //! In fleet mode, [`fleet`] takes the targets from a Kafka topic instead, and hands
 //! them to the schedule as the group gives and takes them.
 
+mod backpressure;
 mod checkers;
 pub mod fleet;
 mod metrics;
@@ -20,6 +21,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backpressure::Backpressure;
 use checkers::{Checker, CheckerPool, Origin};
 use fleet::member::Member;
 use metrics::PubMetrics;
@@ -89,6 +91,12 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             metrics_page(&metrics, kafka_link, &dispatcher, &publisher),
         );
     }
+    let backpressure = Arc::new(Backpressure::new(
+        Arc::clone(&dispatcher),
+        args.queue_max,
+        checkers,
+        args.stall_limit,
+    ));
     let origin = Arc::new(Origin::new(args.location.clone()));
     log::info!("results carry probe {}", origin.probe);
     let pool = Arc::new(CheckerPool::start(
@@ -97,6 +105,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             dispatcher: Arc::clone(&dispatcher),
             publisher: Arc::clone(&publisher),
+            backpressure: Arc::clone(&backpressure),
             origin,
         },
     ));
@@ -119,6 +128,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         &pool,
         &dispatcher,
         &publisher,
+        &backpressure,
         &shutdown,
         args.timeout,
         member,
@@ -202,6 +212,7 @@ fn wait_for_checkers(
     pool: &CheckerPool,
     dispatcher: &Dispatcher<Probe>,
     publisher: &Publisher,
+    backpressure: &Backpressure,
     shutdown: &Shutdown,
     check_timeout: Duration,
     mut member: Option<Member>,
@@ -231,6 +242,7 @@ fn wait_for_checkers(
             );
             return;
         }
+        backpressure.tick(publisher.waiting());
         dispatcher.warn_if_lagging();
         if since_report.elapsed() >= PROGRESS_EVERY {
             publisher

@@ -197,6 +197,8 @@ struct State<T> {
     schedule: Schedule<T>,
     lag: LagReport,
     stopping: bool,
+    /// No target is handed out while held (see `backpressure`).
+    held: bool,
     /// Whether some idle checker is already sleeping until the next due time; the
     /// others sleep without a deadline, so one due time wakes one thread, not all.
     timer_held: bool,
@@ -232,6 +234,7 @@ impl<T> Dispatcher<T> {
                 schedule,
                 lag: LagReport::default(),
                 stopping: false,
+                held: false,
                 timer_held: false,
             }),
             once,
@@ -247,6 +250,10 @@ impl<T> Dispatcher<T> {
         loop {
             if state.stopping || (self.once && state.schedule.is_empty()) {
                 return None;
+            }
+            if state.held {
+                state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
             }
             let now = Instant::now();
             if let Some(due) = state.schedule.pop_due(now) {
@@ -333,6 +340,16 @@ impl<T> Dispatcher<T> {
             } else {
                 self.idle.notify_one();
             }
+        }
+    }
+
+    /// Holds every target back, or lets them go again; a held target is handed out,
+    /// late, once released.
+    pub fn hold(&self, held: bool) {
+        lock(&self.state).held = held;
+        if !held {
+            self.timer.notify_all();
+            self.idle.notify_all();
         }
     }
 
