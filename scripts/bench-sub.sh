@@ -112,10 +112,10 @@ copy_identical() {
 }
 
 # throughput LABEL ROUND: sub --once into a new table, then the COPY baseline;
-# appends "label wall steady rss_mib copy batches" to $work/runs.
+# appends "label wall steady rss_mib copy batches cpu" to $work/runs.
 throughput() {
     local label=$1 round=$2
-    local table=${topic}_${label}_$round started finished wall rows rss_kb steady batches copy copied
+    local table=${topic}_${label}_$round started finished wall rows rss_kb steady batches copy copied cpu
     local extra=()
     read -ra extra <<<"${extra_args[$label]:-}"
     log "round $round: $label sub --once on $N messages into $table"
@@ -137,6 +137,7 @@ throughput() {
     rows=$(sql "SELECT count(*) FROM $table")
     [[ $rows == "$N" ]] || { log "error: sub stored $rows rows, expected $N"; exit 1; }
     rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$work/time.txt")
+    cpu=$(awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.2f", s }' "$work/time.txt")
     # From the first batch's transaction to the last one's: the steady rate, without
     # start-up (connect, migrate, join the group).
     steady=$(sql "SELECT round(extract(epoch FROM max(received_at) - min(received_at))::numeric, 2) FROM $table")
@@ -152,7 +153,7 @@ throughput() {
     copied=$(sql "SELECT count(*) FROM ${table}_copy")
     [[ $copied == "$N" ]] || { log "error: COPY loaded $copied rows, expected $N"; exit 1; }
     superuser_sql "DROP TABLE ${table}_copy"
-    echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches" >>"$work/runs"
+    echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches $cpu" >>"$work/runs"
 }
 
 # ------------------------------------------------------ 1. and 2. throughput
@@ -229,6 +230,7 @@ $label
   sub --once, wall (start-up included)   $(column "$label" 2 | spread) s   median $(rate "$N" "$wall_median") rows/s
   sub, first to last batch               $(column "$label" 3 | spread) s   ($(column "$label" 6 | head -n 1) transactions)
   sub peak RSS                           $(column "$label" 4 | spread %d) MiB
+  sub CPU (user + system)                $(column "$label" 7 | spread) s
   server-side COPY, same rows and table  $(column "$label" 5 | spread) s
   sub / COPY rate, wall                  $(ratios "$label" 2 5 | spread %d) %
   sub / COPY rate, first to last batch   $(ratios "$label" 3 5 | spread %d) %
