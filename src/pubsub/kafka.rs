@@ -374,7 +374,13 @@ pub fn ensure_topic(
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_executor::block_on(admin.create_topics([&topic], &options))
-        .context("creating the topic")?;
+        .context("creating the topic");
+    // Dropping the admin client joins its polling thread, which wakes every 100 ms:
+    // a first `pub --once` spent that long doing nothing. Another thread waits instead.
+    let _ = std::thread::Builder::new()
+        .name("admin-drop".into())
+        .spawn(move || drop(admin));
+    let results = results?;
     for result in results {
         match result {
             Ok(name) => log::info!("created topic {name}"),
