@@ -393,24 +393,6 @@ pub fn ensure_topic(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cause_is_not_hidden_by_its_consequence() {
-        let errors = LastError::default();
-        let auth = KafkaError::Global(RDKafkaErrorCode::Authentication);
-        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
-        errors.error(&auth, "SASL authentication error: invalid credentials");
-        errors.error(&down, "1/1 brokers are down");
-        let kept = errors.take().expect("an error is kept");
-        assert!(kept.text.contains("invalid credentials"), "{}", kept.text);
-        errors.error(&down, "1/1 brokers are down");
-        assert!(errors.take().unwrap().text.contains("brokers are down"));
-    }
-}
-
 /// How often librdkafka reports its statistics when `/healthz` is served: how soon
 /// a lost or regained broker connection shows there.
 const STATS_EVERY_MS: &str = "1000";
@@ -446,4 +428,40 @@ pub fn record_broker_link(link: &crate::pubsub::metrics::Link, statistics: &[u8]
         .map(|(name, broker)| format!("{name} {}", broker.state))
         .collect();
     link.down(format!("no broker connected ({})", seen.join(", ")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_not_hidden_by_its_consequence() {
+        let errors = LastError::default();
+        let auth = KafkaError::Global(RDKafkaErrorCode::Authentication);
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        errors.error(&auth, "SASL authentication error: invalid credentials");
+        errors.error(&down, "1/1 brokers are down");
+        let kept = errors.take().expect("an error is kept");
+        assert!(kept.text.contains("invalid credentials"), "{}", kept.text);
+        errors.error(&down, "1/1 brokers are down");
+        assert!(errors.take().unwrap().text.contains("brokers are down"));
+    }
+
+    #[test]
+    fn kafka_is_up_while_one_broker_is_connected() {
+        let link = crate::pubsub::metrics::Link::new("Kafka");
+        let stats = |a: &str, b: &str| {
+            format!(
+                r#"{{"name":"x","brokers":{{"a:1/1":{{"state":"{a}"}},"b:2/2":{{"state":"{b}"}}}}}}"#
+            )
+        };
+        record_broker_link(&link, stats("UP", "DOWN").as_bytes());
+        assert_eq!(link.problem(), None);
+        record_broker_link(&link, stats("DOWN", "CONNECT").as_bytes());
+        let down = "Kafka: no broker connected (a:1/1 DOWN, b:2/2 CONNECT)";
+        assert_eq!(link.problem().as_deref(), Some(down));
+        // Statistics it cannot read change nothing.
+        record_broker_link(&link, b"not json");
+        assert_eq!(link.problem().as_deref(), Some(down));
+    }
 }

@@ -62,7 +62,7 @@ impl Link {
     }
 
     /// `"Kafka: why"` if down.
-    fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<String> {
         lock(&self.problem)
             .as_ref()
             .map(|why| format!("{}: {why}", self.name))
@@ -75,6 +75,18 @@ pub struct Page {
     pub registry: Registry,
     pub links: Vec<Arc<Link>>,
     pub refresh: Box<dyn Fn() + Send + Sync>,
+}
+
+/// A registry of `collectors`, every name prefixed `metrics_flow_`.
+pub fn registry_of(collectors: Vec<Box<dyn prometheus::core::Collector>>) -> Registry {
+    let registry = Registry::new_custom(Some("metrics_flow".into()), None)
+        .expect("a constant prefix is valid");
+    for collector in collectors {
+        registry
+            .register(collector)
+            .expect("each metric is registered once");
+    }
+    registry
 }
 
 /// Binds `addr` at start-up, so a bad address or a port in use exits 2 before
@@ -218,9 +230,8 @@ mod tests {
     }
 
     fn page_with(link: Arc<Link>) -> Page {
-        let registry = Registry::new_custom(Some("metrics_flow".into()), None).unwrap();
         let counter = prometheus::IntCounter::new("things_total", "things").unwrap();
-        registry.register(Box::new(counter.clone())).unwrap();
+        let registry = registry_of(vec![Box::new(counter.clone())]);
         counter.inc_by(3);
         Page {
             registry,

@@ -106,8 +106,8 @@ fn build_producer(args: &PubArgs, context: DeliveryCounter) -> anyhow::Result<Re
 /// Counts delivery reports; every failure is logged once.
 pub struct DeliveryCounter {
     delivered: AtomicU64,
-    failed: AtomicU64,
     last_error: kafka::LastError,
+    /// Its `deliveries_failed` counts the failed reports.
     metrics: Arc<PubMetrics>,
     kafka: Arc<Link>,
 }
@@ -116,7 +116,6 @@ impl DeliveryCounter {
     pub fn new(metrics: &Arc<PubMetrics>, kafka: &Arc<Link>) -> DeliveryCounter {
         DeliveryCounter {
             delivered: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             last_error: kafka::LastError::default(),
             metrics: Arc::clone(metrics),
             kafka: Arc::clone(kafka),
@@ -154,7 +153,6 @@ impl ProducerContext for DeliveryCounter {
                 self.last_error.answered();
             }
             Err((error, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
                 self.metrics.deliveries_failed.inc();
                 log::error!("a result was not delivered to Kafka: {error}");
             }
@@ -168,11 +166,11 @@ pub struct Publisher {
     topic: String,
     /// Results the producer took; each ends up delivered or failed in its context.
     queued: AtomicU64,
-    dropped: AtomicU64,
     /// Drops are logged once per throttle window, by kind: one line per check would
     /// flood the log for as long as Kafka is away.
     drop_log: Mutex<Throttle<String>>,
     pub progress: Progress,
+    /// Its `results_dropped` counts the drops.
     metrics: Arc<PubMetrics>,
 }
 
@@ -210,7 +208,6 @@ impl Publisher {
             producer,
             topic: topic.to_owned(),
             queued: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
             drop_log: Mutex::default(),
             progress: Progress::default(),
         }
@@ -227,8 +224,8 @@ impl Publisher {
             );
         }
         let context = self.producer.context();
-        let failed = context.failed.load(Ordering::Relaxed);
-        let dropped = self.dropped.load(Ordering::Relaxed);
+        let failed = self.metrics.deliveries_failed.get();
+        let dropped = self.metrics.results_dropped.get();
         let waiting = self.waiting();
         log::info!(
             "published {} result(s), {} failed delivery, {} dropped on a full queue",
@@ -251,7 +248,7 @@ impl Publisher {
     pub fn waiting(&self) -> u64 {
         let context = self.producer.context();
         let reported =
-            context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
+            context.delivered.load(Ordering::Relaxed) + self.metrics.deliveries_failed.get();
         self.queued.load(Ordering::Relaxed).saturating_sub(reported)
     }
 
@@ -274,8 +271,8 @@ impl Publisher {
             self.queued.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.results_dropped.inc();
+        let dropped = self.metrics.results_dropped.get();
         let kind = format!("{:?}", error.rdkafka_error_code());
         if lock(&self.drop_log).admit(kind, Instant::now()).is_none() {
             return;

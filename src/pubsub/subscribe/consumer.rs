@@ -93,9 +93,10 @@ pub fn consume(
                 return Ok(Ended::Finished);
             }
         }
-        if last_progress.elapsed() >= PROGRESS_EVERY && sink.totals.rows != reported {
-            log::info!("stored {} row(s) so far", sink.totals.rows);
-            reported = sink.totals.rows;
+        let stored = sink.rows_stored();
+        if last_progress.elapsed() >= PROGRESS_EVERY && stored != reported {
+            log::info!("stored {stored} row(s) so far");
+            reported = stored;
             last_progress = Instant::now();
         }
         let assigned = sink.ledger.is_assigned();

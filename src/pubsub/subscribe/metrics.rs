@@ -12,6 +12,7 @@ use prometheus::{
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::ClientContext;
 
+use crate::pubsub::metrics::registry_of;
 use crate::sync::lock;
 
 /// How long a scrape waits for a partition's leader to say where the partition ends.
@@ -82,42 +83,53 @@ impl SubMetrics {
             ),
             None => None,
         };
-        let registry = Registry::new_custom(Some("metrics_flow".into()), None)
-            .expect("a constant prefix is valid");
+        let rows_stored = IntCounter::new("rows_stored_total", "Results this process stored")
+            .expect("valid metric");
+        let rejected = IntCounter::new(
+            "rejected_total",
+            "Messages this process stored in <table>_rejected",
+        )
+        .expect("valid metric");
+        let batch_commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "batch_commit_seconds",
+                "How long a batch took to write and commit, offsets included",
+            )
+            .buckets(COMMIT_BOUNDS.to_vec()),
+        )
+        .expect("valid metric");
+        let partition_lag = IntGaugeVec::new(
+            Opts::new(
+                "partition_lag",
+                "Kafka's high watermark minus the offset stored in PostgreSQL",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        let freshness = Gauge::new(
+            "freshness_seconds",
+            "Now minus the newest checked_at stored",
+        )
+        .expect("valid metric");
+        let assigned_partitions =
+            IntGauge::new("assigned_partitions", "Partitions this process holds")
+                .expect("valid metric");
+        let registry = registry_of(vec![
+            Box::new(rows_stored.clone()),
+            Box::new(rejected.clone()),
+            Box::new(batch_commit.clone()),
+            Box::new(partition_lag.clone()),
+            Box::new(freshness.clone()),
+            Box::new(assigned_partitions.clone()),
+        ]);
         let metrics = SubMetrics {
-            rows_stored: IntCounter::new("rows_stored_total", "Results this process stored")
-                .expect("valid metric"),
-            rejected: IntCounter::new(
-                "rejected_total",
-                "Messages this process stored in <table>_rejected",
-            )
-            .expect("valid metric"),
-            batch_commit: Histogram::with_opts(
-                HistogramOpts::new(
-                    "batch_commit_seconds",
-                    "How long a batch took to write and commit, offsets included",
-                )
-                .buckets(COMMIT_BOUNDS.to_vec()),
-            )
-            .expect("valid metric"),
-            partition_lag: IntGaugeVec::new(
-                Opts::new(
-                    "partition_lag",
-                    "Kafka's high watermark minus the offset stored in PostgreSQL",
-                ),
-                &["partition"],
-            )
-            .expect("valid metric"),
-            freshness: Gauge::new(
-                "freshness_seconds",
-                "Now minus the newest checked_at stored",
-            )
-            .expect("valid metric"),
-            assigned_partitions: IntGauge::new(
-                "assigned_partitions",
-                "Partitions this process holds",
-            )
-            .expect("valid metric"),
+            registry,
+            rows_stored,
+            rejected,
+            batch_commit,
+            partition_lag,
+            freshness,
+            assigned_partitions,
             stored: Mutex::new(Stored {
                 newest,
                 ..Stored::default()
@@ -125,22 +137,7 @@ impl SubMetrics {
             asker,
             labelled: Mutex::new(BTreeSet::new()),
             topic: topic.to_owned(),
-            registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
-            Box::new(metrics.rows_stored.clone()),
-            Box::new(metrics.rejected.clone()),
-            Box::new(metrics.batch_commit.clone()),
-            Box::new(metrics.partition_lag.clone()),
-            Box::new(metrics.freshness.clone()),
-            Box::new(metrics.assigned_partitions.clone()),
-        ];
-        for collector in collectors {
-            metrics
-                .registry
-                .register(collector)
-                .expect("each metric is registered once");
-        }
         Ok(metrics)
     }
 
@@ -159,6 +156,16 @@ impl SubMetrics {
         let mut stored = lock(&self.stored);
         stored.next.extend(next);
         stored.newest = stored.newest.max(newest);
+    }
+
+    /// Results this process has stored.
+    pub fn rows_stored(&self) -> u64 {
+        self.rows_stored.get()
+    }
+
+    /// Messages this process has stored as rejected.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.get()
     }
 
     /// Partitions assigned, with what PostgreSQL holds for them as far as it has

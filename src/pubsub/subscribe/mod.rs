@@ -37,7 +37,6 @@ use crate::cli::SubArgs;
 use crate::pubsub::metrics::{self as endpoint, Link};
 use crate::pubsub::pgconn::PgConnector;
 use crate::shutdown::Shutdown;
-use crate::sync::lock;
 
 pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // Every setting is checked before anything is contacted, so bad input exits 2 at once.
@@ -105,11 +104,10 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             Err(error) => break Err(error),
         }
     };
-    let totals = lock(&sink).totals.clone();
     log::info!(
         "stored {} row(s) and {} rejected payload(s)",
-        totals.rows,
-        totals.rejected
+        metrics.rows_stored(),
+        metrics.rejected()
     );
     result
 }

@@ -37,13 +37,6 @@ pub struct Keeping {
     pub rollup_retention_days: u32,
 }
 
-/// Rows and rejected payloads stored by this process.
-#[derive(Default, Clone)]
-pub struct Totals {
-    pub rows: u64,
-    pub rejected: u64,
-}
-
 pub struct Sink {
     session: Session,
     table: TableName,
@@ -54,7 +47,6 @@ pub struct Sink {
     pub ledger: Ledger,
     batch: Batch,
     batch_started: Option<Instant>,
-    pub totals: Totals,
     /// An unrecoverable error raised inside a callback, surfaced by the poll loop.
     pub fatal: Option<anyhow::Error>,
     metrics: Arc<SubMetrics>,
@@ -81,7 +73,6 @@ impl Sink {
             ledger: Ledger::default(),
             batch: Batch::default(),
             batch_started: None,
-            totals: Totals::default(),
             fatal: None,
             metrics,
         })
@@ -142,6 +133,11 @@ impl Sink {
         self.batch_started.map_or(batch_age, |started| {
             batch_age.saturating_sub(started.elapsed())
         })
+    }
+
+    /// Results stored so far, by this process.
+    pub fn rows_stored(&self) -> u64 {
+        self.metrics.rows_stored()
     }
 
     pub fn batch_len(&self) -> usize {
@@ -263,8 +259,6 @@ impl Sink {
     }
 
     fn committed(&mut self, consumer: &SinkConsumer, batch: &Batch, took: Duration) {
-        self.totals.rows += batch.accepted.len() as u64;
-        self.totals.rejected += batch.rejected.len() as u64;
         let newest = batch.accepted.iter().map(|row| row.check.checked_at).max();
         self.metrics.committed(
             took,
