@@ -205,9 +205,7 @@ fn a_stopped_pub_hands_its_targets_to_the_other() {
         "{}",
         second.log()
     );
-    first.signal("INT");
-    let (status, log) = first.wait_exit(limit);
-    assert!(status.success(), "{log}");
+    let log = first.stop(limit);
     assert!(log.contains("leaving the fleet"), "{log}");
     assert!(
         wait_until(limit, || second.log().contains("checking 2 in all")),
@@ -231,9 +229,7 @@ fn a_stopped_pub_hands_its_targets_to_the_other() {
         "after {:?}",
         started.elapsed()
     );
-    second.signal("INT");
-    let (status, log) = second.wait_exit(limit);
-    assert!(status.success(), "{log}");
+    second.stop(limit);
 
     for (_, value) in read_topic(&stack, &topic) {
         let value: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
@@ -382,9 +378,7 @@ fn a_fleet_keeps_every_target_checked_through_a_kill_a_join_and_a_stop() {
     wait_for_checks(&site, 3 * TARGETS);
     let checked_until = chrono::Utc::now();
     for mut pub_ in [staying, joined] {
-        pub_.signal("INT");
-        let (status, log) = pub_.wait_exit(Duration::from_secs(60));
-        assert!(status.success(), "{log}");
+        pub_.stop(Duration::from_secs(60));
     }
 
     let results = results(&stack, &topic);
@@ -552,8 +546,6 @@ fn a_live_change_reaches_the_running_fleet() {
         "{removed_url} was checked after its removal"
     );
     for mut pub_ in [first, second] {
-        pub_.signal("INT");
-        let (status, log) = pub_.wait_exit(Duration::from_secs(60));
-        assert!(status.success(), "{log}");
+        pub_.stop(Duration::from_secs(60));
     }
 }

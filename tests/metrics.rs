@@ -242,9 +242,7 @@ fn counters_agree_with_the_topic_and_the_table() {
         (freshness - table_age).abs() < 2.0,
         "freshness_seconds {freshness} but the table's newest row is {table_age} s old"
     );
-    sub.signal("INT");
-    let (status, log) = sub.wait_exit(LIMIT);
-    assert!(status.success(), "{log}");
+    sub.stop(LIMIT);
 }
 
 /// `/healthz` is 503 while Kafka is down, for pub and sub, and 200 again after;
@@ -318,9 +316,7 @@ fn healthz_and_lag_follow_outages() {
     wait_for_health(&sub_addr, 200, "sub after PostgreSQL returned");
     // With nothing more coming, sub catches up to the last result.
     let mut publisher = publisher;
-    publisher.signal("INT");
-    let (status, log) = publisher.wait_exit(LIMIT);
-    assert!(status.success(), "{log}");
+    publisher.stop(LIMIT);
     assert!(
         wait_until(LIMIT, || lag() == 0.0),
         "partition_lag never returned to 0:\n{}",
@@ -328,9 +324,7 @@ fn healthz_and_lag_follow_outages() {
     );
     assert!(metric(&sub_addr, "metrics_flow_rows_stored_total") > stored_before);
     let mut sub = sub;
-    sub.signal("INT");
-    let (status, log) = sub.wait_exit(LIMIT);
-    assert!(status.success(), "{log}");
+    sub.stop(LIMIT);
     assert_eq!(
         stack.count(&topic) as usize,
         read_topic(&stack, &topic).len(),

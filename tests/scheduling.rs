@@ -252,9 +252,7 @@ fn a_run_starts_no_more_checker_threads_than_it_has_targets() {
     );
     let threads = publisher.threads();
     assert!(threads < 40, "{threads} threads for two targets");
-    publisher.signal("INT");
-    let (status, log) = publisher.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{log}");
+    publisher.stop(Duration::from_secs(30));
 
     let once = run_ok(metrics_flow(&stack, &topic).args([
         "pub",

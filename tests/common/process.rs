@@ -133,6 +133,15 @@ impl Logged {
         self.join_reader();
     }
 
+    /// Ctrl-C, then waits for the process to exit within `limit`; fails the test
+    /// unless it exits 0. Returns what it wrote to stderr.
+    pub fn stop(&mut self, limit: Duration) -> String {
+        self.signal("INT");
+        let (status, log) = self.wait_exit(limit);
+        assert!(status.success(), "{log}");
+        log
+    }
+
     /// Waits for the process to exit within `limit`, killing it and failing otherwise.
     pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
         let exited = wait_until(limit, || self.has_exited());
