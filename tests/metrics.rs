@@ -280,14 +280,33 @@ fn healthz_and_lag_follow_outages() {
         sub.log()
     );
 
+    let sub_from = sub.log().len();
     let kafka = stop_service("kafka");
     let why = wait_for_health(&pub_addr, 503, "pub with Kafka down");
     assert!(why.contains("Kafka"), "{why}");
     let why = wait_for_health(&sub_addr, 503, "sub with Kafka down");
     assert!(why.contains("Kafka"), "{why}");
+    // The outage outlasts sub's session, so its partitions are revoked now rather
+    // than at some moment after Kafka returns, and the group is settled once they
+    // are given back: a revocation while PostgreSQL is down would leave sub with no
+    // partitions, and so no lag to show.
+    assert!(
+        wait_until(LIMIT, || sub.log()[sub_from..].contains("revoked")),
+        "sub kept its partitions through the outage:\n{}",
+        sub.log()
+    );
     kafka.start();
     wait_for_health(&pub_addr, 200, "pub after Kafka returned");
     wait_for_health(&sub_addr, 200, "sub after Kafka returned");
+    assert!(
+        wait_until(LIMIT, || {
+            let log = sub.log();
+            let since = &log[sub_from..];
+            since.rfind("assigned partitions") > since.rfind("revoked")
+        }),
+        "sub did not get its partitions back:\n{}",
+        sub.log()
+    );
 
     // sub back in its group and caught up before PostgreSQL goes.
     assert!(
