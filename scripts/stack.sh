@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# A local Kafka (KRaft, single node) and PostgreSQL for metrics-flow, without
-# Docker: Kafka runs from Maven Central jars, PostgreSQL from Debian's
-# packages (scripts/deps.sh installs them).
+# A local Kafka (KRaft: one node, or a three-node cluster) and PostgreSQL for
+# metrics-flow, without Docker: Kafka runs from Maven Central jars, PostgreSQL
+# from Debian's packages (scripts/deps.sh installs them).
 #
-#   scripts/stack.sh start  [kafka|pg]   start (idempotent), print env lines
-#   scripts/stack.sh stop   [kafka|pg]   stop (idempotent)
-#   scripts/stack.sh status              what runs; exit 0 if all, 3 if not
+#   scripts/stack.sh start  [kafka|pg]   start (idempotent; brings back any
+#                                        Kafka node that is down), print env lines
+#   scripts/stack.sh stop   [kafka|pg]   stop (idempotent; every Kafka node)
+#   scripts/stack.sh status              what runs (a line per Kafka node of a
+#                                        cluster); exit 0 if all, 3 if not
 #   scripts/stack.sh env                 print the env lines only
+#   scripts/stack.sh kill-node N         SIGKILL Kafka node N and wait until it
+#                                        is gone (idempotent)
+#   scripts/stack.sh stop-node N         stop Kafka node N gracefully
+#   scripts/stack.sh node-pid N          print Kafka node N's pid; exit 1 if down
 #   scripts/stack.sh kafka-tool CLASS [ARGS...]
 #                                        run a Kafka tool class from the jars,
 #                                        e.g. org.apache.kafka.tools.TopicCommand
@@ -22,6 +28,7 @@
 # Environment:
 #   MF_STACK_DIR   state (data, logs, pids)     default $REPO/.stack
 #   MF_CACHE_DIR   downloads (jars, m2 repo)    default $REPO/.cache
+#   MF_KAFKA_NODES            1       1 or 3 Kafka nodes (see below)
 #   MF_KAFKA_PORT             19092   PLAINTEXT listener
 #   MF_KAFKA_CONTROLLER_PORT  19093   KRaft controller listener
 #   MF_PG_PORT                15432
@@ -33,9 +40,21 @@
 #   MF_KAFKA_SASL_PORT        19095
 #   MF_READY_TIMEOUT          90      seconds to wait for readiness
 #
+# One Kafka node lives in $MF_STACK_DIR/kafka. MF_KAFKA_NODES=3 starts a
+# cluster of three combined broker+controller nodes (static quorum, topics
+# replicated 3 ways, min.insync.replicas=2) in $MF_STACK_DIR/kafka-cluster/
+# node-<i>/, apart from the one-node stack's data; node i listens on each
+# port above plus 10*(i-1) (node 2: 19102, 19103, ...). `start` then prints
+# all three brokers in KAFKA_BROKER, and MF_KAFKA_NODES=3; MF_KAFKA_SSL_PORT
+# and MF_KAFKA_SASL_PORT are node 1's. Without MF_KAFKA_NODES, every command
+# looks for a running cluster (a live pid in kafka-cluster/node-*/kafka.pid)
+# and, if one runs, takes its node count and ports from that node's settings;
+# otherwise it means the one-node stack. Only one of the two runs at a time.
+#
 # MF_TLS can change between a stop and a start without wiping anything: the
 # SCRAM user is created whenever the storage is formatted, TLS or not.
-# Ports and MF_TLS of a running component can't change; `start` says so.
+# Ports, MF_TLS and MF_KAFKA_NODES of a running component can't change;
+# `start` says so.
 set -euo pipefail
 
 # Newest 4.x whose whole dependency set Maven Central serves. 4.4.0's
@@ -62,7 +81,9 @@ CACHE=$(abspath "${MF_CACHE_DIR:-$REPO/.cache}")
 KAFKA_VERSION=${MF_KAFKA_VERSION:-$KAFKA_VERSION_DEFAULT}
 
 KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
+# The one-node stack's state; a cluster's is in $KCLUSTER/node-<i> (kafka_dir).
 KSTATE=$STACK/kafka
+KCLUSTER=$STACK/kafka-cluster
 PGSTATE=$STACK/pg
 TLS_DIR=$STACK/tls
 
@@ -80,6 +101,7 @@ TLS=${MF_TLS:-0}
 [[ $TLS == 1 ]] || TLS=0
 KAFKA_TLS=$TLS
 PG_TLS=$TLS
+KAFKA_NODES=${MF_KAFKA_NODES:-1}   # kafka_mode settles it
 
 save_settings() { # file var...
     local file=$1 var
@@ -128,13 +150,84 @@ as_pg() {
 
 # ==================================================================== Kafka
 
-kafka_pid() {
+# Which Kafka a command means: MF_KAFKA_NODES if set, else a running
+# cluster's node count (saved in its nodes' settings), else one node. Sets
+# KAFKA_NODES and KSTATE, the state dir of that stack.
+kafka_mode() {
+    local dir
+    if [[ -n ${MF_KAFKA_NODES:-} ]]; then
+        [[ $MF_KAFKA_NODES == [13] ]] || die "MF_KAFKA_NODES must be 1 or 3, not '$MF_KAFKA_NODES'"
+        KAFKA_NODES=$MF_KAFKA_NODES
+    elif dir=$(kafka_cluster_running); then
+        KAFKA_NODES=$(sed -n 's/^KAFKA_NODES=//p' "$dir/settings")
+        [[ $KAFKA_NODES == [13] ]] || die "no node count in $dir/settings"
+    else
+        KAFKA_NODES=1
+    fi
+    ((KAFKA_NODES == 1)) || KSTATE=$KCLUSTER
+}
+
+# Node i's state (data, server.properties, logs, kafka.pid, settings):
+# $KSTATE itself for one node, $KSTATE/node-<i> for a cluster.
+kafka_dir() { # node
+    if ((KAFKA_NODES == 1)); then echo "$KSTATE"; else echo "$KSTATE/node-$1"; fi
+}
+
+# Node i listens on every base port plus 10*(i-1).
+node_port() { # base-port node
+    echo $(($1 + 10 * ($2 - 1)))
+}
+
+kafka_name() { # node
+    if ((KAFKA_NODES == 1)); then echo Kafka; else echo "Kafka node $1"; fi
+}
+
+kafka_dir_pid() { # state-dir
     local pid
-    pid=$(cat "$KSTATE/kafka.pid" 2>/dev/null) || return 1
+    pid=$(cat "$1/kafka.pid" 2>/dev/null) || return 1
     # A pid file can outlive its process (reboot, kill -9) and the number can
     # be reused: only a JVM running kafka.Kafka counts.
     pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ' kafka\.Kafka ' || return 1
     echo "$pid"
+}
+
+kafka_pid() { # node
+    kafka_dir_pid "$(kafka_dir "$1")"
+}
+
+# The state dir of a cluster node that runs, if any does.
+kafka_cluster_running() {
+    local dir
+    for dir in "$KCLUSTER"/node-*; do
+        kafka_dir_pid "$dir" >/dev/null && echo "$dir" && return 0
+    done
+    return 1
+}
+
+# Take the settings of a running node (all nodes save the same ones); fails
+# if no node runs.
+kafka_adopt() {
+    local i
+    for ((i = 1; i <= KAFKA_NODES; i++)); do
+        kafka_pid "$i" >/dev/null || continue
+        adopt_settings "$(kafka_dir "$i")/settings"
+        return 0
+    done
+    return 1
+}
+
+# The one-node stack and a cluster don't run side by side: they'd want the
+# same ports by default, and `env` can name only one of them.
+kafka_check_other() {
+    local pid dir
+    if ((KAFKA_NODES == 1)); then
+        if dir=$(kafka_cluster_running); then
+            die "a Kafka cluster is running ($dir); stop it first (stop kafka without MF_KAFKA_NODES=1)"
+        fi
+    elif pid=$(kafka_dir_pid "$STACK/kafka"); then
+        die "a one-node Kafka is running (pid $pid); stop it first (stop kafka with MF_KAFKA_NODES=1)"
+    fi
+    return 0
 }
 
 kafka_classpath() { echo "$KAFKA_HOME/libs/*"; }
@@ -217,65 +310,111 @@ kafka_write_tools_config() {
         '<Console name="out" target="SYSTEM_ERR"><PatternLayout pattern="%p %m (%c)%n"/></Console>'
 }
 
-kafka_write_configs() {
-    kafka_write_tools_config
-    kafka_log4j_config "$KSTATE/log4j2.xml" info \
-        "<File name=\"out\" fileName=\"$KSTATE/server.log\" append=\"true\">
+kafka_write_configs() { # node
+    local i=$1 dir port cport sport aport voters="" j rf=1 isr=1
+    dir=$(kafka_dir "$i")
+    mkdir -p "$dir"
+    port=$(node_port "$KAFKA_PORT" "$i")
+    cport=$(node_port "$KAFKA_CONTROLLER_PORT" "$i")
+    sport=$(node_port "$KAFKA_SSL_PORT" "$i")
+    aport=$(node_port "$KAFKA_SASL_PORT" "$i")
+    kafka_log4j_config "$dir/log4j2.xml" info \
+        "<File name=\"out\" fileName=\"$dir/server.log\" append=\"true\">
       <PatternLayout pattern=\"[%d] %p %m (%c)%n\"/>
     </File>"
 
-    local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
-    local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+    local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+    local advertised="PLAINTEXT://127.0.0.1:$port"
     local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     if ((KAFKA_TLS)); then
         # Bound on 127.0.0.1 but advertised as localhost: the broker cert's
         # SAN holds both, and clients verifying hostnames see "localhost".
-        listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT"
-        advertised+=",SSL://localhost:$KAFKA_SSL_PORT,SASL_SSL://localhost:$KAFKA_SASL_PORT"
+        listeners+=",SSL://127.0.0.1:$sport,SASL_SSL://127.0.0.1:$aport"
+        advertised+=",SSL://localhost:$sport,SASL_SSL://localhost:$aport"
         protocols+=",SSL:SSL,SASL_SSL:SASL_SSL"
     fi
-    cat >"$KSTATE/server.properties" <<EOF
+    for ((j = 1; j <= KAFKA_NODES; j++)); do
+        voters+="${voters:+,}$j@127.0.0.1:$(node_port "$KAFKA_CONTROLLER_PORT" "$j")"
+    done
+    ((KAFKA_NODES == 1)) || rf=3 isr=2
+    {
+        cat <<EOT
 # Written by scripts/stack.sh on every start; edits are lost.
 process.roles=broker,controller
-node.id=1
+node.id=$i
+EOT
+        if ((KAFKA_NODES == 1)); then
+            cat <<EOT
 # A static single-voter quorum: unlike a dynamic one (--standalone), the
 # voter's address is not frozen into the metadata log at format time, so the
 # controller port can change between runs.
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+EOT
+        else
+            cat <<EOT
+# A static quorum of all nodes (each one broker and controller): a majority,
+# two of three, elects a leader, so the cluster lives through one node down.
+# As with one node, the voters' addresses are not frozen into the metadata
+# log, so the ports can change between runs (on all nodes at once).
+EOT
+        fi
+        cat <<EOT
+controller.quorum.voters=$voters
 controller.listener.names=CONTROLLER
 listeners=$listeners
 advertised.listeners=$advertised
 listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
-log.dirs=$KSTATE/data
+log.dirs=$dir/data
 num.partitions=3
 auto.create.topics.enable=true
-default.replication.factor=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+default.replication.factor=$rf
+EOT
+        if ((KAFKA_NODES > 1)); then
+            cat <<EOT
+# With acks=all a write is acknowledged once two replicas have it, so it
+# survives the loss of any one broker, and with one of three brokers down the
+# two left still form an ISR of 2 and keep accepting writes.
+min.insync.replicas=$isr
+EOT
+        fi
+        cat <<EOT
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
 # Consumers in tests join a group once; don't make them wait for others.
 group.initial.rebalance.delay.ms=0
-EOF
-    ((KAFKA_TLS)) && kafka_tls_properties >>"$KSTATE/server.properties"
-    return 0
+EOT
+        if ((KAFKA_TLS)); then kafka_tls_properties; fi
+    } >"$dir/server.properties"
 }
 
-# Format the metadata log once. The SCRAM user is always added here (it's
-# harmless without a SASL listener), so MF_TLS can be switched on and off
-# between runs without a re-format.
-kafka_format() {
-    [[ -f $KSTATE/data/meta.properties ]] && return 0
-    local cluster_id
-    cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
-    log "formatting Kafka storage (cluster id $cluster_id)"
+# A cluster's nodes share one cluster id: that of a node already formatted,
+# else a new one.
+kafka_cluster_id() {
+    local i id
+    for ((i = 1; i <= KAFKA_NODES; i++)); do
+        id=$(sed -n 's/^cluster\.id=//p' "$(kafka_dir "$i")/data/meta.properties" 2>/dev/null) || continue
+        [[ -n $id ]] && echo "$id" && return 0
+    done
+    kafka_tool kafka.tools.StorageTool random-uuid
+}
+
+# Format a node's metadata log once. The SCRAM user is always added here
+# (it's harmless without a SASL listener), so MF_TLS can be switched on and
+# off between runs without a re-format.
+kafka_format() { # node
+    local dir cluster_id
+    dir=$(kafka_dir "$1")
+    [[ -f $dir/data/meta.properties ]] && return 0
+    cluster_id=$(kafka_cluster_id)
+    log "formatting $(kafka_name "$1") storage (cluster id $cluster_id)"
     kafka_tool kafka.tools.StorageTool format --cluster-id "$cluster_id" \
-        --config "$KSTATE/server.properties" \
+        --config "$dir/server.properties" \
         --add-scram 'SCRAM-SHA-256=[name=metrics,password=metrics-secret]' \
         --add-scram 'SCRAM-SHA-512=[name=metrics,password=metrics-secret]' \
-        >"$KSTATE/format.log" 2>&1 || { cat "$KSTATE/format.log" >&2; die "formatting Kafka storage failed"; }
+        >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting $(kafka_name "$1") storage failed"; }
 }
 
 # Run a Kafka tool class on the cached jars (`kafka-tool` subcommand too).
@@ -284,105 +423,197 @@ kafka_tool() {
         -cp "$(kafka_classpath)" "$@"
 }
 
-kafka_dump_logs() {
-    log "---- last 40 lines of $KSTATE/server.log"
-    tail -n 40 "$KSTATE/server.log" >&2 2>/dev/null || true
-    if [[ -s $KSTATE/stdout.log ]]; then
-        log "---- last 40 lines of $KSTATE/stdout.log"
-        tail -n 40 "$KSTATE/stdout.log" >&2
+kafka_dump_logs() { # node
+    local dir
+    dir=$(kafka_dir "$1")
+    log "---- last 40 lines of $dir/server.log"
+    tail -n 40 "$dir/server.log" >&2 2>/dev/null || true
+    if [[ -s $dir/stdout.log ]]; then
+        log "---- last 40 lines of $dir/stdout.log"
+        tail -n 40 "$dir/stdout.log" >&2
     fi
 }
 
 # Ready means: the process lives, the PLAINTEXT port accepts connections and
 # the broker has logged that it finished starting up (it logs that only after
 # the controller has unfenced it, i.e. when it can serve produce/fetch).
-# A broker that doesn't get ready is stopped, so that the next `start` starts
-# afresh instead of reporting a half-started broker as running.
-kafka_wait_ready() { # pid
-    local pid=$1 deadline=$((SECONDS + READY_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! pid_alive "$pid"; then
-            rm -f "$KSTATE/kafka.pid"
-            kafka_dump_logs
-            die "Kafka exited during startup"
-        fi
-        if port_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$KSTATE/server.log" 2>/dev/null; then
-            return 0
+kafka_ready() { # node
+    port_open "$(node_port "$KAFKA_PORT" "$1")" &&
+        grep -q 'Kafka Server started' "$(kafka_dir "$1")/server.log" 2>/dev/null
+}
+
+# Wait until all the given nodes are ready, READY_TIMEOUT for them all. If
+# one dies or the time runs out, the nodes not ready yet are stopped, so that
+# the next `start` starts them afresh instead of reporting half-started
+# brokers as running; ready ones are left alone.
+kafka_wait_ready() { # node...
+    local deadline=$((SECONDS + READY_TIMEOUT)) i j
+    local -a pending=("$@") left
+    while ((${#pending[@]})); do
+        left=()
+        for i in "${pending[@]}"; do
+            if ! kafka_pid "$i" >/dev/null; then
+                rm -f "$(kafka_dir "$i")/kafka.pid"
+                kafka_dump_logs "$i"
+                log "error: $(kafka_name "$i") exited during startup"
+                left=()
+                for j in "${pending[@]}"; do kafka_pid "$j" >/dev/null && left+=("$j"); done
+                ((${#left[@]} == 0)) || kafka_stop_nodes "${left[@]}"
+                exit 1
+            fi
+            kafka_ready "$i" || left+=("$i")
+        done
+        pending=("${left[@]}")
+        ((${#pending[@]})) || return 0
+        if ((SECONDS >= deadline)); then
+            for i in "${pending[@]}"; do
+                kafka_dump_logs "$i"
+                log "$(kafka_name "$i") not ready after ${READY_TIMEOUT}s"
+            done
+            kafka_stop_nodes "${pending[@]}"
+            exit 1
         fi
         sleep 0.5
     done
-    kafka_dump_logs
-    log "Kafka not ready after ${READY_TIMEOUT}s"
-    kafka_stop
-    exit 1
 }
 
-kafka_start() {
-    local pid
-    if pid=$(kafka_pid); then
-        adopt_settings "$KSTATE/settings"
-        log "Kafka already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
-        # It may still be starting (a concurrent `start`): wait for it.
-        kafka_wait_ready "$pid"
-        return 0
-    fi
-    [[ -f $KSTATE/kafka.pid ]] && log "removing stale Kafka pid file" && rm -f "$KSTATE/kafka.pid"
-    command -v java >/dev/null || die "java not found (scripts/deps.sh installs it)"
-    local port
-    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $( ((KAFKA_TLS)) && echo "$KAFKA_SSL_PORT $KAFKA_SASL_PORT"); do
-        port_open "$port" && die "port $port is already in use (set MF_KAFKA_*PORT)"
-    done
-
-    kafka_fetch
-    ((KAFKA_TLS)) && tls_ensure
-    kafka_write_configs
-    kafka_format
-
+kafka_launch() { # node
+    local dir pid
+    dir=$(kafka_dir "$1")
     # A fresh log per run, so the readiness check can't see an old run's line.
-    [[ -f $KSTATE/server.log ]] && mv -f "$KSTATE/server.log" "$KSTATE/server.log.1"
-    log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
+    [[ -f $dir/server.log ]] && mv -f "$dir/server.log" "$dir/server.log.1"
+    local what="Kafka $KAFKA_VERSION"
+    ((KAFKA_NODES == 1)) || what+=" node $1"
+    log "starting $what on 127.0.0.1:$(node_port "$KAFKA_PORT" "$1")"
     # setsid: the broker must not die with the calling shell or its job
     # control (CI steps, terminals closing).
     setsid nohup java -Xms256m -Xmx512m -Djava.awt.headless=true \
-        -Dlog4j2.configurationFile="$KSTATE/log4j2.xml" \
-        -cp "$(kafka_classpath)" kafka.Kafka "$KSTATE/server.properties" \
-        >"$KSTATE/stdout.log" 2>&1 </dev/null &
+        -Dlog4j2.configurationFile="$dir/log4j2.xml" \
+        -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
+        >"$dir/stdout.log" 2>&1 </dev/null &
     pid=$!
-    echo "$pid" >"$KSTATE/kafka.pid"
-    save_settings "$KSTATE/settings" KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_SSL_PORT KAFKA_SASL_PORT KAFKA_TLS
-    kafka_wait_ready "$pid"
-    log "Kafka ready (pid $pid)"
+    echo "$pid" >"$dir/kafka.pid"
+    save_settings "$dir/settings" KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_SSL_PORT KAFKA_SASL_PORT KAFKA_TLS KAFKA_NODES
+}
+
+# Start the nodes that are down, leave running ones alone, then wait for all.
+kafka_start() {
+    local i pid port dir
+    local -a all=() down=()
+    kafka_check_other
+    kafka_adopt || true
+    for ((i = 1; i <= KAFKA_NODES; i++)); do
+        all+=("$i")
+        if pid=$(kafka_pid "$i"); then
+            # It may still be starting (a concurrent `start`): it's waited for below.
+            log "$(kafka_name "$i") already running (pid $pid) on 127.0.0.1:$(node_port "$KAFKA_PORT" "$i")"
+        else
+            down+=("$i")
+        fi
+    done
+    if ((${#down[@]})); then
+        for i in "${down[@]}"; do
+            dir=$(kafka_dir "$i")
+            [[ -f $dir/kafka.pid ]] && log "removing stale $(kafka_name "$i") pid file" && rm -f "$dir/kafka.pid"
+        done
+        command -v java >/dev/null || die "java not found (scripts/deps.sh installs it)"
+        for i in "${down[@]}"; do
+            for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $( ((KAFKA_TLS)) && echo "$KAFKA_SSL_PORT $KAFKA_SASL_PORT"); do
+                port=$(node_port "$port" "$i")
+                port_open "$port" && die "port $port is already in use (set MF_KAFKA_*PORT)"
+            done
+        done
+
+        kafka_fetch
+        ((KAFKA_TLS)) && tls_ensure
+        kafka_write_tools_config
+        for i in "${down[@]}"; do
+            kafka_write_configs "$i"
+            kafka_format "$i"
+        done
+        # All at once: a lone voter of three can't win an election, so a node
+        # started on its own waits for the others.
+        for i in "${down[@]}"; do kafka_launch "$i"; done
+    fi
+    kafka_wait_ready "${all[@]}"
+    for i in "${down[@]}"; do
+        log "$(kafka_name "$i") ready (pid $(kafka_pid "$i"))"
+    done
+}
+
+# Graceful stop: SIGTERM (and SIGCONT, in case a test SIGSTOPped the node)
+# to all given nodes at once, then wait for their controlled shutdown;
+# SIGKILL after STOP_TIMEOUT.
+kafka_stop_nodes() { # node...
+    local i k pid deadline
+    local -a nodes=() pids=()
+    for i in "$@"; do
+        if pid=$(kafka_pid "$i"); then
+            log "stopping $(kafka_name "$i") (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            kill -CONT "$pid" 2>/dev/null || true
+            nodes+=("$i")
+            pids+=("$pid")
+        else
+            rm -f "$(kafka_dir "$i")/kafka.pid"
+            log "$(kafka_name "$i") not running"
+        fi
+    done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    for k in "${!nodes[@]}"; do
+        i=${nodes[k]} pid=${pids[k]}
+        while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+        if pid_alive "$pid"; then
+            log "$(kafka_name "$i") still up after ${STOP_TIMEOUT}s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while pid_alive "$pid"; do sleep 0.1; done
+        fi
+        rm -f "$(kafka_dir "$i")/kafka.pid"
+        log "$(kafka_name "$i") stopped"
+    done
 }
 
 kafka_stop() {
-    local pid deadline
-    if ! pid=$(kafka_pid); then
-        rm -f "$KSTATE/kafka.pid"
-        log "Kafka not running"
-        return 0
-    fi
-    log "stopping Kafka (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
-    if pid_alive "$pid"; then
-        log "Kafka still up after ${STOP_TIMEOUT}s, sending SIGKILL"
+    local i
+    local -a all=()
+    for ((i = 1; i <= KAFKA_NODES; i++)); do all+=("$i"); done
+    kafka_stop_nodes "${all[@]}"
+}
+
+# A crash, as tests want it: SIGKILL, no controlled shutdown.
+kafka_kill_node() { # node
+    local pid
+    if pid=$(kafka_pid "$1"); then
+        log "killing $(kafka_name "$1") (pid $pid)"
         kill -KILL "$pid" 2>/dev/null || true
         while pid_alive "$pid"; do sleep 0.1; done
+        log "$(kafka_name "$1") killed"
+    else
+        log "$(kafka_name "$1") not running"
     fi
-    rm -f "$KSTATE/kafka.pid"
-    log "Kafka stopped"
+    rm -f "$(kafka_dir "$1")/kafka.pid"
+}
+
+kafka_node_arg() { # N
+    if ! [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || (($1 > KAFKA_NODES)); then
+        die "no Kafka node '${1:-}' in a stack of $KAFKA_NODES (MF_KAFKA_NODES=3 names a cluster that isn't running)"
+    fi
 }
 
 kafka_status() {
-    local pid
-    if pid=$(kafka_pid); then
-        adopt_settings "$KSTATE/settings" 2>/dev/null
-        echo "kafka: running (pid $pid) on 127.0.0.1:$KAFKA_PORT$( ((KAFKA_TLS)) && echo ", SSL localhost:$KAFKA_SSL_PORT, SASL_SSL localhost:$KAFKA_SASL_PORT")"
-    else
-        echo "kafka: stopped"
-        return 3
-    fi
+    local i pid name rc=0
+    kafka_adopt 2>/dev/null || true
+    for ((i = 1; i <= KAFKA_NODES; i++)); do
+        name=kafka
+        ((KAFKA_NODES == 1)) || name="kafka node $i"
+        if pid=$(kafka_pid "$i"); then
+            echo "$name: running (pid $pid) on 127.0.0.1:$(node_port "$KAFKA_PORT" "$i")$( ((KAFKA_TLS)) && echo ", SSL localhost:$(node_port "$KAFKA_SSL_PORT" "$i"), SASL_SSL localhost:$(node_port "$KAFKA_SASL_PORT" "$i")")"
+        else
+            echo "$name: stopped"
+            rc=3
+        fi
+    done
+    return "$rc"
 }
 
 # =============================================================== PostgreSQL
@@ -643,9 +874,14 @@ EOF
 
 print_env() {
     # Ports of running components win over the environment.
-    kafka_pid >/dev/null && adopt_settings "$KSTATE/settings" 2>/dev/null
+    local i brokers=""
+    kafka_adopt 2>/dev/null || true
     pg_running && adopt_settings "$PGSTATE/settings" 2>/dev/null
-    echo "export KAFKA_BROKER=127.0.0.1:$KAFKA_PORT"
+    for ((i = 1; i <= KAFKA_NODES; i++)); do
+        brokers+="${brokers:+,}127.0.0.1:$(node_port "$KAFKA_PORT" "$i")"
+    done
+    echo "export KAFKA_BROKER=$brokers"
+    if ((KAFKA_NODES > 1)); then echo "export MF_KAFKA_NODES=$KAFKA_NODES"; fi
     echo "export POSTGRESQL_DSN='host=127.0.0.1 port=$PG_PORT user=metrics password=metrics dbname=metrics'"
     if ((KAFKA_TLS || PG_TLS)); then
         echo "export MF_TLS_DIR=$TLS_DIR"
@@ -673,6 +909,7 @@ components() { # [kafka|pg]
 
 main() {
     local cmd=${1:-} c i rc=0
+    kafka_mode
     case $cmd in
         start)
             components "${2:-}"
@@ -689,6 +926,15 @@ main() {
             return "$rc"
             ;;
         env) print_env ;;
+        kill-node | stop-node | node-pid)
+            (($# == 2)) || usage
+            kafka_node_arg "$2"
+            case $cmd in
+                kill-node) kafka_kill_node "$2" ;;
+                stop-node) kafka_stop_nodes "$2" ;;
+                node-pid) kafka_pid "$2" || die "$(kafka_name "$2") is not running" ;;
+            esac
+            ;;
         psql)
             # As the superuser over the private socket, e.g. for server-side COPY.
             shift
