@@ -23,7 +23,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(group: &str) -> Membership {
-        // Unique per consumer, so the broker's member list can tell this one apart.
+        // Unique per consumer, so that group listings tell the processes apart.
         let client_id = format!(
             "metrics-flow-sub-{}-{}",
             std::process::id(),
@@ -80,13 +80,12 @@ impl Membership {
         let limit = Duration::from_secs(5);
         let topic_exists =
             kafka::partition_count(consumer.client(), topic, limit).is_ok_and(|n| n > 0);
+        let me = member_id(consumer);
         let listed = consumer
             .fetch_group_list(Some(&self.group), limit)
             .map(|list| {
-                list.groups()
-                    .iter()
-                    .flat_map(|g| g.members())
-                    .any(|m| m.client_id() == self.client_id)
+                let members = list.groups().iter().flat_map(|g| g.members());
+                is_listed(members.map(|m| m.id()), me.as_deref())
             });
         log::debug!(
             "no partitions for {:.0} s; topic exists: {topic_exists}, listed in group {}: {listed:?}",
@@ -94,5 +93,47 @@ impl Membership {
             self.group
         );
         topic_exists && matches!(listed, Ok(false))
+    }
+}
+
+/// The member id the coordinator gave this consumer; rdkafka has no safe call for it.
+fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<String> {
+    let native = consumer.client().native_ptr();
+    // SAFETY: the client outlives this call; librdkafka returns a NUL-terminated copy
+    // (or NULL), which is freed here with its own allocator.
+    unsafe {
+        let id = rdkafka::bindings::rd_kafka_memberid(native);
+        if id.is_null() {
+            return None;
+        }
+        let text = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(native, id.cast());
+        Some(text)
+    }
+}
+
+/// Whether the group lists this consumer's member id. Not its client id: after a
+/// broker restart the coordinator reloads the member from before the outage, under the
+/// same client id, and lists it until its session times out, while librdkafka may be
+/// waiting to rejoin under a new member id. Without a member id it is not a member.
+fn is_listed<'a>(mut members: impl Iterator<Item = &'a str>, me: Option<&str>) -> bool {
+    match me {
+        Some(me) if !me.is_empty() => members.any(|id| id == me),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_listed;
+
+    #[test]
+    fn a_member_is_known_by_its_member_id_not_by_a_ghost_of_it() {
+        let listed = ["sub-1-old", "sub-2"];
+        assert!(is_listed(listed.into_iter(), Some("sub-2")));
+        // The coordinator's reloaded member from before a restart, not this one.
+        assert!(!is_listed(listed.into_iter(), Some("sub-1-new")));
+        assert!(!is_listed(listed.into_iter(), Some("")));
+        assert!(!is_listed(listed.into_iter(), None));
     }
 }
