@@ -251,7 +251,7 @@ pub struct PubArgs {
     #[arg(long, env = "TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub partitions: Option<i32>,
 
-    /// Replication factor of the topic when pub has to create it [default: the broker's].
+    /// Replication factor of the topic when pub has to create it [default: 3, or the number of brokers if fewer].
     #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub replication_factor: Option<i32>,
 
@@ -430,7 +430,7 @@ pub struct TargetsApplyArgs {
     #[arg(long, env = "TARGETS_TOPIC_PARTITIONS", default_value = "12", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub partitions: i32,
 
-    /// Replication factor of the targets topic when it has to be created [default: the broker's].
+    /// Replication factor of the targets topic when it has to be created [default: 3, or the number of brokers if fewer].
     #[arg(long, env = "TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pub replication_factor: Option<i32>,
 }

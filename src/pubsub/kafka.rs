@@ -295,7 +295,7 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     serve_events: impl Fn(),
     args: &KafkaArgs,
     shutdown: &Shutdown,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Reached> {
     let what = format!("Kafka at {}", args.broker);
     // Several attempts fit in any deadline, so the user sees each one logged.
     let attempt_limit =
@@ -303,9 +303,13 @@ pub fn wait_for_brokers<C: KeepsLastError>(
     retry_until(&what, args.connect_deadline, shutdown, || {
         client
             .fetch_metadata(None, attempt_limit)
-            .map(|metadata| {
-                let topics = metadata.topics().iter();
-                topics.map(|t| t.name().to_owned()).collect()
+            .map(|metadata| Reached {
+                topics: metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect(),
+                brokers: metadata.brokers().len(),
             })
             .map_err(|error| {
                 serve_events();
@@ -319,6 +323,18 @@ pub fn wait_for_brokers<C: KeepsLastError>(
                 }
             })
     })
+}
+
+/// What the first metadata answer told of the cluster.
+pub struct Reached {
+    pub topics: Vec<String>,
+    pub brokers: usize,
+}
+
+impl Reached {
+    pub fn knows(&self, topic: &str) -> bool {
+        self.topics.iter().any(|known| known == topic)
+    }
 }
 
 /// How many partitions the brokers report for `topic`; 0 when they do not know it.
@@ -337,28 +353,41 @@ pub fn partition_count<C: ClientContext>(
     Ok(partitions)
 }
 
-/// A topic to create if missing: -1 partitions or replication means the broker's
-/// default.
+/// A topic to create if missing: -1 partitions means the broker's default.
 pub struct TopicLayout<'a> {
     pub name: &'a str,
     pub partitions: i32,
-    pub replication: i32,
+    /// None: see [`default_replication`].
+    pub replication: Option<i32>,
     /// Topic-level settings, such as `cleanup.policy`.
     pub config: &'a [(&'a str, &'a str)],
 }
 
-/// Creates the topic when `known_topics` (from [`wait_for_brokers`]) lacks it, with the
-/// requested layout (-1: the broker's default). A broker that refuses (no permission,
-/// creation disabled) gets a warning, not an exit: it may still create the topic on
-/// first write, or an operator will.
+/// Three copies, as managed services keep, or one per broker on a smaller cluster.
+/// Not the broker's `default.replication.factor`: that is 1 unless someone set it, and
+/// a topic with one copy loses results when its broker dies.
+pub fn default_replication(brokers: usize) -> i32 {
+    match brokers {
+        0 => -1,
+        n => n.min(3) as i32,
+    }
+}
+
+/// Creates the topic when the cluster (from [`wait_for_brokers`]) lacks it, with the
+/// requested layout. A broker that refuses (no permission, creation disabled) gets a
+/// warning, not an exit: it may still create the topic on first write, or an operator
+/// will.
 pub fn ensure_topic(
     args: &KafkaArgs,
-    known_topics: &[String],
+    cluster: &Reached,
     layout: &TopicLayout,
 ) -> anyhow::Result<()> {
-    if known_topics.iter().any(|known| known == layout.name) {
+    if cluster.knows(layout.name) {
         return Ok(());
     }
+    let replication = layout
+        .replication
+        .unwrap_or_else(|| default_replication(cluster.brokers));
     // A topic created by someone else since `known_topics` was read shows up below as
     // TopicAlreadyExists, so it needs no second lookup here.
     let admin: AdminClient<DefaultClientContext> = client_config(args)?
@@ -367,7 +396,7 @@ pub fn ensure_topic(
     let mut topic = NewTopic::new(
         layout.name,
         layout.partitions,
-        TopicReplication::Fixed(layout.replication),
+        TopicReplication::Fixed(replication),
     );
     for (key, value) in layout.config {
         topic = topic.set(key, value);
@@ -383,7 +412,7 @@ pub fn ensure_topic(
     let results = results?;
     for result in results {
         match result {
-            Ok(name) => log::info!("created topic {name}"),
+            Ok(name) => log::info!("created topic {name} (replication factor {replication})"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => log::warn!(
                 "could not create topic {name} ({code}); going on: the broker may create it on first write"
@@ -433,6 +462,16 @@ pub fn record_broker_link(link: &crate::pubsub::metrics::Link, statistics: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_topic_has_three_copies_or_one_per_broker() {
+        assert_eq!(default_replication(1), 1);
+        assert_eq!(default_replication(2), 2);
+        assert_eq!(default_replication(3), 3);
+        assert_eq!(default_replication(6), 3);
+        // No broker listed: the broker's own default decides.
+        assert_eq!(default_replication(0), -1);
+    }
 
     #[test]
     fn a_cause_is_not_hidden_by_its_consequence() {

@@ -36,7 +36,7 @@ pub fn connect_producer(
     context: DeliveryCounter,
 ) -> anyhow::Result<ResultProducer> {
     let producer = build_producer(args, context)?;
-    let known_topics = kafka::wait_for_brokers(
+    let cluster = kafka::wait_for_brokers(
         producer.client(),
         || producer.poll(Duration::ZERO),
         &args.kafka,
@@ -45,10 +45,10 @@ pub fn connect_producer(
     let layout = kafka::TopicLayout {
         name: &args.kafka.topic,
         partitions: args.partitions.unwrap_or(-1),
-        replication: args.replication_factor.unwrap_or(-1),
+        replication: args.replication_factor,
         config: &[],
     };
-    kafka::ensure_topic(&args.kafka, &known_topics, &layout)?;
+    kafka::ensure_topic(&args.kafka, &cluster, &layout)?;
     Ok(producer)
 }
 

@@ -40,7 +40,7 @@ enum Change {
 fn apply(args: &TargetsApplyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     let wanted = wanted_records(args)?;
     let topic = args.topic.name();
-    let (consumer, known_topics) = connect(&args.topic.kafka, shutdown)?;
+    let (consumer, cluster) = connect(&args.topic.kafka, shutdown)?;
     let current = read::read_all(&consumer, &topic)?;
     let changes = compare(&wanted, &current);
     for (key, change) in &changes {
@@ -63,11 +63,11 @@ fn apply(args: &TargetsApplyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     let layout = kafka::TopicLayout {
         name: &topic,
         partitions: args.partitions,
-        replication: args.replication_factor.unwrap_or(-1),
+        replication: args.replication_factor,
         // Compaction keeps each target's latest record; tombstones go after a day.
         config: &[("cleanup.policy", "compact")],
     };
-    kafka::ensure_topic(&args.topic.kafka, &known_topics, &layout)?;
+    kafka::ensure_topic(&args.topic.kafka, &cluster, &layout)?;
     let writes: Vec<(&str, Option<&[u8]>)> = changes
         .iter()
         .filter_map(|(key, change)| match change {
@@ -185,7 +185,7 @@ fn table_line(target: &serde_json::Value) -> String {
 fn connect(
     args: &KafkaArgs,
     shutdown: &Shutdown,
-) -> anyhow::Result<(BaseConsumer<ToolContext>, Vec<String>)> {
+) -> anyhow::Result<(BaseConsumer<ToolContext>, kafka::Reached)> {
     let consumer: BaseConsumer<ToolContext> = kafka::client_config(args)?
         // librdkafka wants a group even for assigned partitions; nothing is
         // committed to it, so a throwaway one per run is enough.

@@ -81,7 +81,7 @@ impl Member {
             .create_with_context(MemberContext::default())
             .context("creating the Kafka consumer of the targets topic")?;
         let known = kafka::wait_for_brokers(consumer.client(), || {}, &args.kafka, shutdown)?;
-        if !known.iter().any(|name| name == topic) {
+        if !known.knows(topic) {
             log::warn!(
                 "the targets topic {topic} does not exist yet; waiting for it (`metrics-flow targets apply` makes it)"
             );
