@@ -64,7 +64,7 @@ pub fn join_group(
     Ok(consumer)
 }
 
-/// Polls messages into the sink and flushes it by size and age, until a stop request,
+/// Polls messages into the sink and sends its batch to be written by size and age, until a stop request,
 /// `--once` catching up, or the group losing this consumer.
 pub fn consume(
     consumer: &SinkConsumer,
@@ -81,10 +81,11 @@ pub fn consume(
         if let Some(fatal) = sink.fatal.take() {
             return Err(fatal);
         }
+        sink.settle(consumer, false)?;
         sink.maintain();
         if sink.batch_len() >= args.batch_size as usize || sink.time_left(args.batch_age).is_zero()
         {
-            sink.flush(consumer)?;
+            sink.send(consumer)?;
         }
         if args.once && sink.ledger.caught_up() {
             sink.flush(consumer)?;

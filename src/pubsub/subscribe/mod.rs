@@ -20,6 +20,7 @@ pub mod partitions;
 mod session;
 mod sink;
 pub mod store;
+mod writer;
 
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +32,8 @@ use derived::Thresholds;
 use membership::Membership;
 use metrics::SubMetrics;
 use session::Session;
-use sink::{Keeping, Sink};
+use sink::Sink;
+use writer::Keeping;
 
 use crate::cli::SubArgs;
 use crate::pubsub::metrics::{self as endpoint, Link};

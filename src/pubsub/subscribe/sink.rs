@@ -1,49 +1,28 @@
 //! What sub has consumed and not yet committed, and committing it: the batch in hand,
 //! the ledger of offsets, and the PostgreSQL session that stores both together.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use anyhow::Context;
+use chrono::Utc;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::consumer::SinkConsumer;
-use super::derived::Thresholds;
 use super::ledger::{Ledger, Start, Verdict};
 use super::metrics::SubMetrics;
-use super::partitions::{day_of, Partitions};
 use super::session::Session;
-use super::store::{
-    self, AcceptedRow, Advance, Batch, CommitError, Destination, Origin, RejectedRow,
-};
+use super::store::{AcceptedRow, Batch, CommitError, Origin, RejectedRow};
+use super::writer::{Job, Keeping, Store, Writer};
 use crate::pubsub::message::{CheckResult, Rejection};
-use crate::pubsub::table::TableName;
-
-/// How often partitions are made ahead and expired ones dropped.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
-
-/// What sub keeps, and what it derives.
-#[derive(Debug, Clone, Copy)]
-pub struct Keeping {
-    pub thresholds: Thresholds,
-    /// Days of results kept; 0 keeps them forever.
-    pub retention_days: u32,
-    /// Days of hourly rollups kept; 0 keeps them forever.
-    pub rollup_retention_days: u32,
-}
 
 pub struct Sink {
-    session: Session,
-    table: TableName,
+    writer: Writer,
     topic: String,
-    keeping: Keeping,
-    partitions: Partitions,
-    maintained: Option<Instant>,
+    retention_days: u32,
     pub ledger: Ledger,
     batch: Batch,
     batch_started: Option<Instant>,
@@ -54,22 +33,17 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(
-        mut session: Session,
-        table: TableName,
+        session: Session,
+        table: crate::pubsub::table::TableName,
         topic: String,
         keeping: Keeping,
         metrics: Arc<SubMetrics>,
     ) -> anyhow::Result<Sink> {
-        let partitions = Partitions::load(session.client(), &table)
-            .map_err(|e| anyhow::anyhow!(store::describe(&e)))
-            .with_context(|| format!("listing the partitions of {table}"))?;
+        let store = Store::new(session, table, topic.clone(), keeping, Arc::clone(&metrics))?;
         Ok(Sink {
-            session,
-            table,
+            writer: Writer::start(store)?,
             topic,
-            keeping,
-            partitions,
-            maintained: None,
+            retention_days: keeping.retention_days,
             ledger: Ledger::default(),
             batch: Batch::default(),
             batch_started: None,
@@ -78,53 +52,11 @@ impl Sink {
         })
     }
 
-    /// Now and then (at start, then hourly): makes today's and tomorrow's partitions,
-    /// and drops those past the retention, saying so for each. A failure is logged
-    /// and tried again at the next round: nothing waits for it.
+    /// Partition upkeep, between batches: see [`Store::maintain`]. Skipped while a
+    /// batch is being written; the poll loop comes back within 100 ms.
     pub fn maintain(&mut self) {
-        self.session.notice_a_lost_connection();
-        if self
-            .maintained
-            .is_some_and(|at| at.elapsed() < MAINTAIN_EVERY)
-        {
-            return;
-        }
-        self.maintained = Some(Instant::now());
-        let now = Utc::now();
-        let ahead: BTreeSet<_> = [now, now + chrono::Duration::days(1)]
-            .into_iter()
-            .map(day_of)
-            .collect();
-        let client = self.session.client();
-        if let Err(error) = self.partitions.ensure(client, &self.table, &ahead) {
-            log::warn!(
-                "could not make the partitions ahead: {}",
-                store::describe(&error)
-            );
-        }
-        let Keeping {
-            retention_days,
-            rollup_retention_days,
-            ..
-        } = self.keeping;
-        match self.partitions.drop_expired(
-            client,
-            &self.table,
-            now,
-            retention_days,
-            rollup_retention_days,
-        ) {
-            Ok(dropped) => {
-                for partition in dropped {
-                    log::info!(
-                        "dropped partition {partition}: past the retention (--retention-days {retention_days}, --rollup-retention-days {rollup_retention_days})"
-                    );
-                }
-            }
-            Err(error) => log::warn!(
-                "could not drop expired partitions: {}",
-                store::describe(&error)
-            ),
+        if let Some(mut store) = self.writer.idle_store() {
+            store.maintain();
         }
     }
 
@@ -178,7 +110,7 @@ impl Sink {
     /// A result older than the retention would land in a partition about to be
     /// dropped, or make one for a day long gone: it is refused instead.
     fn kept(&self, check: CheckResult) -> Result<CheckResult, Rejection> {
-        let days = self.keeping.retention_days;
+        let days = self.retention_days;
         if days > 0 && check.checked_at < Utc::now() - chrono::Duration::days(i64::from(days)) {
             return Err(Rejection::Invalid(format!(
                 "checked_at {} is older than --retention-days {days}",
@@ -188,18 +120,41 @@ impl Sink {
         Ok(check)
     }
 
-    /// Commits the batch in PostgreSQL, then tells Kafka. On a failure or a fence, the
-    /// batch is dropped and consumption restarts from the stored offsets.
-    pub fn flush(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
+    /// Hands the batch in hand to the writer, once the one before it is settled, and
+    /// goes on reading meanwhile.
+    pub fn send(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
+        self.settle(consumer, true)?;
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
         self.batch_started = None;
-        let started = Instant::now();
-        match self.commit(batch) {
-            Ok(batch) => {
-                self.committed(consumer, &batch, started.elapsed());
+        let job = Job {
+            batch: std::mem::take(&mut self.batch),
+            expected: self.ledger.expected().clone(),
+            next: self.ledger.pending().clone(),
+        };
+        // Taken as stored already, so that the next batch's fence expects it. If it
+        // does not commit, settling drops the next batch and rewinds.
+        self.ledger.committed();
+        self.writer.hand_over(job)
+    }
+
+    /// Commits the batch in hand and waits until it is: at a revoke, at the end.
+    pub fn flush(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
+        self.send(consumer)?;
+        self.settle(consumer, true)
+    }
+
+    /// Takes the outcome of the batch in flight, if it is done (or, with `wait`,
+    /// once it is). After a failure or a fence, what was read since is dropped too,
+    /// and consumption restarts from the stored offsets.
+    pub fn settle(&mut self, consumer: &SinkConsumer, wait: bool) -> anyhow::Result<()> {
+        let Some(outcome) = self.writer.outcome(wait)? else {
+            return Ok(());
+        };
+        match outcome.result {
+            Ok(()) => {
+                self.tell_kafka(consumer, &outcome.next);
                 Ok(())
             }
             Err(CommitError::Fenced { partition }) => {
@@ -207,73 +162,19 @@ impl Sink {
                 self.rewind(consumer)
             }
             Err(CommitError::Refused(error) | CommitError::Database(error)) => {
-                self.session
-                    .recover(&error)
-                    .with_context(|| format!("storing into {}", self.table))?;
+                self.writer.store().recover(&error)?;
                 self.rewind(consumer)
             }
         }
     }
 
-    /// One transaction for the batch and its offsets; a batch PostgreSQL refuses for
-    /// its data is sorted out row by row, in a second one.
-    fn commit(&mut self, batch: Batch) -> Result<Batch, CommitError> {
-        let days = batch
-            .accepted
-            .iter()
-            .map(|row| day_of(row.check.checked_at))
-            .collect();
-        // Without its partition a row is refused and rejected, not lost: the batch
-        // still commits.
-        if let Err(error) = self
-            .partitions
-            .ensure(self.session.client(), &self.table, &days)
-        {
-            log::warn!(
-                "could not make the partitions of this batch: {}",
-                store::describe(&error)
-            );
-        }
-        let advance = Advance {
-            expected: self.ledger.expected(),
-            next: self.ledger.pending(),
-        };
-        let to = Destination {
-            table: &self.table,
-            topic: &self.topic,
-            thresholds: self.keeping.thresholds,
-        };
-        let client = self.session.client();
-        match store::commit_batch(client, &to, &batch, &advance) {
-            Ok(()) => Ok(batch),
-            Err(CommitError::Refused(error)) => {
-                log::warn!(
-                    "PostgreSQL refused a batch of {}: {}; finding the message(s) it refuses",
-                    batch.len(),
-                    store::describe(&error)
-                );
-                store::commit_sorting_out(client, &to, batch, &advance)
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    fn committed(&mut self, consumer: &SinkConsumer, batch: &Batch, took: Duration) {
-        let newest = batch.accepted.iter().map(|row| row.check.checked_at).max();
-        self.metrics.committed(
-            took,
-            batch.accepted.len(),
-            batch.rejected.len(),
-            self.ledger.pending(),
-            newest,
-        );
+    /// Kafka's committed offsets are a courtesy for lag tools; the truth is in
+    /// PostgreSQL, so a failure here loses nothing.
+    fn tell_kafka(&self, consumer: &SinkConsumer, next: &BTreeMap<i32, i64>) {
         let mut offsets = TopicPartitionList::new();
-        for (&partition, &next) in self.ledger.pending() {
+        for (&partition, &next) in next {
             let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next));
         }
-        self.ledger.committed();
-        // Kafka's committed offsets are a courtesy for lag tools; the truth is in
-        // PostgreSQL, so a failure here loses nothing.
         if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
             log::warn!("Kafka offset commit failed (rows are safe in PostgreSQL): {error}");
         }
@@ -286,6 +187,8 @@ impl Sink {
             .stored_offsets(&partitions)
             .context("reading stored offsets")?;
         self.metrics.assigned(partitions.clone(), &stored);
+        self.batch = Batch::default();
+        self.batch_started = None;
         for (partition, start) in self.ledger.rewind(&stored) {
             consumer
                 .seek(
@@ -330,9 +233,7 @@ impl Sink {
     }
 
     fn stored_offsets(&mut self, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let (table, topic) = (&self.table, &self.topic);
-        self.session
-            .retrying(|client| store::stored_offsets(client, table, topic, partitions))
+        self.writer.store().stored_offsets(partitions)
     }
 }
 
