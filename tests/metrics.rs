@@ -13,27 +13,6 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A loopback address no one listens on now.
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// GET `path` from the endpoint at `addr`: the status code and the body; None if
-/// nothing answers there.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
 /// A scrape of `/metrics`, checked by promtool.
 fn scrape(addr: &str) -> String {
     let (status, body) = get(addr, "/metrics").expect("the endpoint answers");
@@ -65,20 +44,6 @@ impl WithStdin for std::process::Command {
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().unwrap()
     }
-}
-
-/// The sum of every sample of `name` (all its label sets), or None if it has none.
-fn sample_sum(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let family = series.split('{').next()?;
-            (family == name).then(|| value.parse().ok())?
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 fn metric(addr: &str, name: &str) -> f64 {

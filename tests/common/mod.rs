@@ -1,18 +1,19 @@
 //! The integration tests' harness, by concern: the real stack and its isolation
 //! ([`stack`]), the binary under test as a process ([`process`]), loopback servers
-//! that behave or misbehave ([`http`]), Kafka helpers ([`kafka`]), and checks of the
-//! tables sub derives ([`tables`]).
+//! that behave or misbehave ([`http`]), Kafka helpers ([`kafka`]), the metrics endpoint
+//! read from outside ([`scrape`]), and checks of the tables sub derives ([`tables`]).
 #![allow(dead_code)]
 
 pub mod http;
 pub mod kafka;
 pub mod process;
+pub mod scrape;
 pub mod stack;
 pub mod tables;
 
 // Each test binary uses some of these, none uses all.
 #[allow(unused_imports)]
-pub use {http::*, kafka::*, process::*, stack::*, tables::*};
+pub use {http::*, kafka::*, process::*, scrape::*, stack::*, tables::*};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
