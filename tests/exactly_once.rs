@@ -36,25 +36,6 @@ fn sub(stack: &Stack, topic: &str, table: &str, group: &str) -> std::process::Co
     command
 }
 
-/// Polls until the table holds at least `rows` rows, failing with the subscriber's log
-/// if it exits or the limit passes first. Returns the count seen.
-fn wait_rows(counter: &mut RowCounter, rows: i64, subscriber: &mut Logged) -> i64 {
-    let mut seen = 0;
-    let mut exited = false;
-    let reached = wait_until(INGEST_LIMIT, || {
-        seen = counter.rows();
-        exited = subscriber.has_exited();
-        seen >= rows || exited
-    });
-    assert!(
-        reached && seen >= rows,
-        "waited for {rows} rows, saw {seen}{}; sub's log:\n{}",
-        if exited { " and sub exited" } else { "" },
-        subscriber.log()
-    );
-    seen
-}
-
 /// SIGTERM, then a clean exit.
 fn stop(subscriber: &mut Logged, name: &str) -> String {
     subscriber.signal("TERM");

@@ -172,3 +172,39 @@ impl Drop for Logged {
         }
     }
 }
+
+/// What pub's summary line at exit says became of its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubSummary {
+    /// Acknowledged by Kafka.
+    pub delivered: u64,
+    /// Refused by Kafka, or failed on the way (`deliveries_failed_total`).
+    pub failed: u64,
+    /// Never queued: the producer's queue was full (`results_dropped_total`).
+    pub dropped: u64,
+}
+
+/// Reads pub's last "published N result(s), F failed delivery, D dropped on a full
+/// queue" line; fails the test if the log has none.
+pub fn pub_summary(log: &str) -> PubSummary {
+    let counts = log
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let counts: Vec<u64> = line
+                .split("] published ")
+                .nth(1)?
+                .split(", ")
+                .map(|part| part.split(' ').next()?.parse().ok())
+                .collect::<Option<_>>()?;
+            (counts.len() == 3).then_some(counts)
+        })
+        .unwrap_or_else(|| {
+            panic!("no summary line ('published ... result(s)') in pub's log:\n{log}")
+        });
+    PubSummary {
+        delivered: counts[0],
+        failed: counts[1],
+        dropped: counts[2],
+    }
+}

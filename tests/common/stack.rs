@@ -6,6 +6,9 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
+
+use super::process::{wait_until, Logged};
 
 /// Where the stack started by scripts/test.sh listens. Missing values fail the test:
 /// these tests are meant to run against real services, never to skip quietly.
@@ -113,10 +116,39 @@ impl RowCounter {
     }
 }
 
+/// How long [`wait_rows`] waits: far more than an ingest of these tests' sizes needs,
+/// so only a broken run reaches it.
+pub const ROWS_LIMIT: Duration = Duration::from_secs(150);
+
+/// Polls until the table holds at least `rows` rows, failing with the subscriber's log
+/// if it exits or [`ROWS_LIMIT`] passes first. Returns the count seen.
+pub fn wait_rows(counter: &mut RowCounter, rows: i64, subscriber: &mut Logged) -> i64 {
+    let mut seen = 0;
+    let mut exited = false;
+    let reached = wait_until(ROWS_LIMIT, || {
+        seen = counter.rows();
+        exited = subscriber.has_exited();
+        seen >= rows || exited
+    });
+    assert!(
+        reached && seen >= rows,
+        "waited for {rows} rows, saw {seen}{}; sub's log:\n{}",
+        if exited { " and sub exited" } else { "" },
+        subscriber.log()
+    );
+    seen
+}
+
 /// Runs `scripts/stack.sh ARGS...` of this repository with the test process's
 /// environment, so MF_STACK_DIR, the MF_*_PORT variables and MF_TLS select the stack
 /// the tests run against. Err holds the exit status and the script's stderr.
 pub fn stack_script(args: &[&str]) -> Result<(), String> {
+    stack_script_output(args).map(drop)
+}
+
+/// [`stack_script`], returning what the script wrote to stdout (a Kafka tool's answer,
+/// say).
+pub fn stack_script_output(args: &[&str]) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
     let output = Command::new("bash")
         .arg(script)
@@ -124,7 +156,7 @@ pub fn stack_script(args: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("could not run {script}: {e}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "{script} {} exited with {}:\n{}",
