@@ -40,12 +40,23 @@ impl rdkafka::producer::ProducerContext for DeliveryCount {
 
 /// Creates a topic of one partition with the given topic-level settings.
 pub fn create_topic(stack: &Stack, topic: &str, settings: &[(&str, &str)]) {
+    create_topic_with(stack, topic, 1, 1, settings);
+}
+
+/// Creates a topic of `partitions` partitions, each with `replicas` replicas.
+pub fn create_topic_with(
+    stack: &Stack,
+    topic: &str,
+    partitions: i32,
+    replicas: i32,
+    settings: &[(&str, &str)],
+) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &stack.broker)
         .create()
         .expect("creating the test admin client");
-    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas));
     for (key, value) in settings {
         new_topic = new_topic.set(key, value);
     }
@@ -67,9 +78,33 @@ pub struct CheckProducer {
 
 impl CheckProducer {
     pub fn new(stack: &Stack, topic: &str) -> CheckProducer {
-        let producer = rdkafka::ClientConfig::new()
+        CheckProducer::with(stack, topic, &[])
+    }
+
+    /// One that writes each message once through a broker's death, as pub's producer
+    /// does: idempotent, acknowledged by all in-sync replicas, retried for as long as
+    /// it takes.
+    pub fn idempotent(stack: &Stack, topic: &str) -> CheckProducer {
+        CheckProducer::with(
+            stack,
+            topic,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("message.timeout.ms", "0"),
+            ],
+        )
+    }
+
+    fn with(stack: &Stack, topic: &str, settings: &[(&str, &str)]) -> CheckProducer {
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", &stack.broker)
-            .set("linger.ms", "20")
+            .set("linger.ms", "20");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let producer = config
             .create_with_context(DeliveryCount::default())
             .expect("creating the test producer");
         CheckProducer {
@@ -98,6 +133,11 @@ impl CheckProducer {
             self.sent += 1;
         }
         self.producer.poll(Duration::ZERO);
+    }
+
+    /// How many messages it has queued so far.
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Waits until Kafka has acknowledged every message; fails the test if any was lost.
