@@ -1,9 +1,11 @@
 //! The integration tests' harness, by concern: the real stack and its isolation
 //! ([`stack`]), the binary under test as a process ([`process`]), loopback servers
-//! that behave or misbehave ([`http`]), Kafka helpers ([`kafka`]), the metrics endpoint
-//! read from outside ([`scrape`]), and checks of the tables sub derives ([`tables`]).
+//! that behave or misbehave ([`http`]), Kafka helpers ([`kafka`]), the three-node
+//! cluster's nodes, leaders and replicas ([`cluster`]), the metrics endpoint read from
+//! outside ([`scrape`]), and checks of the tables sub derives ([`tables`]).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 pub mod kafka;
 pub mod process;
@@ -13,7 +15,7 @@ pub mod tables;
 
 // Each test binary uses some of these, none uses all.
 #[allow(unused_imports)]
-pub use {http::*, kafka::*, process::*, scrape::*, stack::*, tables::*};
+pub use {cluster::*, http::*, kafka::*, process::*, scrape::*, stack::*, tables::*};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
