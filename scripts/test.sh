@@ -20,3 +20,7 @@ eval "$stack_env"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# Issue 15's broker failures on a three-node cluster of its own (ports 29092..,
+# 25432), one kill/restart round per test: about 4 minutes with the cluster's
+# start. scripts/test-cluster.sh alone is the full run, 3 rounds.
+MF_CLUSTER_ROUNDS=1 bash scripts/test-cluster.sh
