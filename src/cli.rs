@@ -297,7 +297,11 @@ pub struct SubArgs {
 
     /// Seconds after which the group gives a silent member's partitions to the others,
     /// such as those of a sub that was killed; the broker allows 6 to 300 by default.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "10", value_parser = seconds::parse, allow_negative_numbers = true)]
+    // 20, not pub's 10: a killed coordinator leaves the group without one for about
+    // 11 s on a three-node cluster (9 s of broker session, then the election). At
+    // 10 s sub gave its partitions up and rejoined behind its own ghost: 21-22 s
+    // without storing, against 9 s at 20.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "20", value_parser = seconds::parse, allow_negative_numbers = true)]
     pub session_timeout: Duration,
 
     /// Consume until caught up with the end of every assigned partition, then exit.

@@ -603,6 +603,12 @@ fn sub_loses_its_group_coordinator_mid_ingest_and_stores_everything_once() {
             successor, coordinator,
             "the dead node still coordinates the group"
         );
+        // A coordinator's failover is no rebalance: a sub whose session ran out
+        // first gave its partitions up and waited for its own ghost to time out.
+        assert!(
+            !during.contains("revoked"),
+            "sub lost its partitions while node {coordinator} was down"
+        );
     }
 
     stop.store(true, Ordering::SeqCst);
