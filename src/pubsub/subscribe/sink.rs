@@ -53,7 +53,8 @@ impl Sink {
     }
 
     /// Partition upkeep, between batches: see [`Store::maintain`]. Skipped while a
-    /// batch is being written; the poll loop comes back within 100 ms.
+    /// batch is being written; the poll loop comes back within 100 ms, and every
+    /// [`Sink::send`] runs it before handing over the next batch.
     pub fn maintain(&mut self) {
         if let Some(mut store) = self.writer.idle_store() {
             store.maintain();
@@ -124,6 +125,9 @@ impl Sink {
     /// goes on reading meanwhile.
     pub fn send(&mut self, consumer: &SinkConsumer) -> anyhow::Result<()> {
         self.settle(consumer, true)?;
+        // The only moment the store is sure to be idle while a backlog drains: the
+        // poll loop's own call finds a batch in flight every time then.
+        self.maintain();
         if self.batch.is_empty() {
             return Ok(());
         }
