@@ -11,6 +11,7 @@
 mod answers;
 mod backfill;
 mod consumer;
+mod copy_rows;
 pub mod derived;
 pub mod ledger;
 mod membership;

@@ -169,6 +169,7 @@ impl Sink {
                 self.writer.store().recover(&error)?;
                 self.rewind(consumer)
             }
+            Err(error @ CommitError::Unsendable(_)) => Err(error.into()),
         }
     }
 

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
 use super::answers;
+use super::copy_rows::{CopyError, CopyRows};
 use super::derived::Thresholds;
 use crate::pubsub::message::{CheckResult, ErrorKind};
 use crate::pubsub::table::TableName;
@@ -89,6 +89,18 @@ pub enum CommitError {
     Refused(postgres::Error),
     #[error("{}", describe(.0))]
     Database(postgres::Error),
+    /// A row that could not be sent at all: nothing of the batch is stored.
+    #[error("{0}")]
+    Unsendable(CopyError),
+}
+
+impl From<CopyError> for CommitError {
+    fn from(error: CopyError) -> CommitError {
+        match error {
+            CopyError::Postgres(error) => error.into(),
+            other => CommitError::Unsendable(other),
+        }
+    }
 }
 
 impl From<postgres::Error> for CommitError {
@@ -247,17 +259,18 @@ fn copy_bisecting(
     table: &TableName,
     mut rows: Vec<AcceptedRow>,
     rejected: &mut Vec<RejectedRow>,
-) -> Result<Vec<AcceptedRow>, postgres::Error> {
+) -> Result<Vec<AcceptedRow>, CopyError> {
     if rows.is_empty() {
         return Ok(rows);
     }
     let mut attempt = tx.savepoint("metrics_flow_bisect")?;
-    let error = match copy_accepted(&mut attempt, table, &rows) {
+    let reason = match copy_accepted(&mut attempt, table, &rows) {
         Ok(()) => {
             attempt.commit()?;
             return Ok(rows);
         }
-        Err(error) if refuses_data(&error) => error,
+        Err(CopyError::Postgres(error)) if refuses_data(&error) => describe(&error),
+        Err(CopyError::Encode(error)) => error.to_string(),
         Err(error) => return Err(error),
     };
     attempt.rollback()?;
@@ -267,9 +280,9 @@ fn copy_bisecting(
             "partition {} offset {} rejected by PostgreSQL: {}",
             row.origin.partition,
             row.origin.offset,
-            describe(&error)
+            reason
         );
-        rejected.push(row.rejected(describe(&error)));
+        rejected.push(row.rejected(reason));
         return Ok(rows);
     }
     let second = rows.split_off(rows.len() / 2);
@@ -327,7 +340,7 @@ trait Columns {
     type Row;
     const NAMES: &'static [&'static str];
     const TYPES: &'static [Type];
-    fn write(writer: &mut BinaryCopyInWriter<'_>, row: &Self::Row) -> Result<(), postgres::Error>;
+    fn write(writer: &mut CopyRows<'_>, row: &Self::Row) -> Result<(), CopyError>;
 }
 
 macro_rules! columns {
@@ -340,9 +353,9 @@ macro_rules! columns {
             const TYPES: &'static [Type] = &[$(Type::$ty),*];
 
             fn write(
-                writer: &mut BinaryCopyInWriter<'_>,
+                writer: &mut CopyRows<'_>,
                 row: &$row_type,
-            ) -> Result<(), postgres::Error> {
+            ) -> Result<(), CopyError> {
                 writer.write(&[$({ let $row = row; &$value as &(dyn ToSql + Sync) }),*])
             }
         }
@@ -393,7 +406,7 @@ fn copy_accepted(
     tx: &mut postgres::Transaction<'_>,
     table: &TableName,
     rows: &[AcceptedRow],
-) -> Result<(), postgres::Error> {
+) -> Result<(), CopyError> {
     copy::<ResultColumns>(tx, table, rows)
 }
 
@@ -401,7 +414,7 @@ fn copy_rejected(
     tx: &mut postgres::Transaction<'_>,
     table: &TableName,
     rows: &[RejectedRow],
-) -> Result<(), postgres::Error> {
+) -> Result<(), CopyError> {
     copy::<RejectedColumns>(tx, &table.with_suffix("_rejected"), rows)
 }
 
@@ -410,7 +423,7 @@ fn copy<C: Columns>(
     tx: &mut postgres::Transaction<'_>,
     table: &TableName,
     rows: &[C::Row],
-) -> Result<(), postgres::Error> {
+) -> Result<(), CopyError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -418,7 +431,7 @@ fn copy<C: Columns>(
     let sink = tx.copy_in(&format!(
         "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
     ))?;
-    let mut writer = BinaryCopyInWriter::new(sink, C::TYPES);
+    let mut writer = CopyRows::new(sink, C::TYPES);
     for row in rows {
         C::write(&mut writer, row)?;
     }

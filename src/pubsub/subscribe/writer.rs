@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 
+use super::copy_rows::CopyError;
 use super::derived::Thresholds;
 use super::metrics::SubMetrics;
 use super::partitions::{day_of, Partitions};
@@ -144,18 +145,17 @@ impl Store {
             thresholds: self.keeping.thresholds,
         };
         let client = self.session.client();
-        match store::commit_batch(client, &to, &batch, advance) {
-            Ok(()) => Ok(batch),
-            Err(CommitError::Refused(error)) => {
-                log::warn!(
-                    "PostgreSQL refused a batch of {}: {}; finding the message(s) it refuses",
-                    batch.len(),
-                    store::describe(&error)
-                );
-                store::commit_sorting_out(client, &to, batch, advance)
-            }
-            Err(other) => Err(other),
-        }
+        let reason = match store::commit_batch(client, &to, &batch, advance) {
+            Ok(()) => return Ok(batch),
+            Err(CommitError::Refused(error)) => store::describe(&error),
+            Err(CommitError::Unsendable(CopyError::Encode(error))) => error.to_string(),
+            Err(other) => return Err(other),
+        };
+        log::warn!(
+            "PostgreSQL refused a batch of {}: {reason}; finding the message(s) it refuses",
+            batch.len()
+        );
+        store::commit_sorting_out(client, &to, batch, advance)
     }
 
     /// Writes one batch and counts what it stored.
