@@ -3,13 +3,13 @@
 //! and written back. Being in the transaction of the rows and the offsets, they are
 //! exactly once too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use postgres::Transaction;
 
 use super::derived::{
-    key_of, rollup, Incident, Key, Period, State, Status, Sums, Thresholds, Tracker,
+    key_of, key_ref, rollup, Incident, Key, Period, State, Status, Sums, Thresholds, Tracker,
 };
 use super::store::AcceptedRow;
 use crate::pubsub::message::CheckResult;
@@ -103,8 +103,13 @@ pub fn load_trackers<'a>(
     table: &TableName,
     checks: impl Iterator<Item = &'a CheckResult>,
 ) -> Result<BTreeMap<Key, Tracker>, postgres::Error> {
-    let mut trackers: BTreeMap<Key, Tracker> = checks
-        .map(|check| (key_of(check), Tracker::new(None, None)))
+    let distinct: BTreeSet<(&str, &str)> = checks.map(key_ref).collect();
+    let mut trackers: BTreeMap<Key, Tracker> = distinct
+        .into_iter()
+        .map(|(target, location)| {
+            let key = (target.to_owned(), location.to_owned());
+            (key, Tracker::new(None, None))
+        })
         .collect();
     let targets: Vec<&str> = trackers.keys().map(|(t, _)| t.as_str()).collect();
     let locations: Vec<&str> = trackers.keys().map(|(_, l)| l.as_str()).collect();
