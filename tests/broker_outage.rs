@@ -57,14 +57,7 @@ fn results_survive_a_broker_outage() {
     run_ok(
         metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &topic, "--group", &topic]),
     );
-    let (rows, distinct): (i64, i64) = stack
-        .pg()
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT id) FROM {topic}"),
-            &[],
-        )
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+    let (rows, distinct) = stack.rows_and_ids(&topic);
     assert_eq!(
         rows, checks,
         "every check made, before, during and after the outage, is stored"

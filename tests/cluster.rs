@@ -615,14 +615,7 @@ fn sub_loses_its_group_coordinator_mid_ingest_and_stores_everything_once() {
     let sent = producing.join().expect("the producer thread failed") as i64;
     wait_rows(&mut counter, sent, &mut subscriber);
     let log = subscriber.stop(LIMIT);
-    let (rows, ids): (i64, i64) = stack
-        .pg()
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT id) FROM {topic}"),
-            &[],
-        )
-        .map(|row| (row.get(0), row.get(1)))
-        .unwrap();
+    let (rows, ids) = stack.rows_and_ids(&topic);
     let rejected = stack.count(&format!("{topic}_rejected"));
     eprintln!("sent {sent}; stored {rows} ({ids} distinct ids), rejected {rejected}");
     assert_eq!(
@@ -777,14 +770,7 @@ fn a_dead_bootstrap_address_fails_alone_and_is_skipped_among_live_ones() {
             .args(sub_args),
     );
     let stored = started.elapsed();
-    let (rows, ids): (i64, i64) = stack
-        .pg()
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT id) FROM {topic}"),
-            &[],
-        )
-        .map(|row| (row.get(0), row.get(1)))
-        .unwrap();
+    let (rows, ids) = stack.rows_and_ids(&topic);
     eprintln!(
         "with {brokers}: pub --once took {published:.1?}, sub --once {stored:.1?}; {rows} row(s), {ids} distinct"
     );

@@ -59,6 +59,18 @@ impl Stack {
             .map(|row| row.get(0))
             .unwrap_or(0)
     }
+
+    /// The rows of a results table and its distinct ids: equal when no result is
+    /// stored twice.
+    pub fn rows_and_ids(&self, table: &str) -> (i64, i64) {
+        self.pg()
+            .query_one(
+                &format!("SELECT count(*), count(DISTINCT id) FROM {table}"),
+                &[],
+            )
+            .map(|row| (row.get(0), row.get(1)))
+            .unwrap_or_else(|e| panic!("counting the rows and ids of {table}: {e}"))
+    }
 }
 
 /// The lock file of the stack's state directory, as scripts/stack.sh chooses it. Each
