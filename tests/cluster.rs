@@ -68,6 +68,39 @@ fn subscriber(stack: &Stack, topic: &str, table: &str) -> Command {
     command
 }
 
+/// pub checking the site's URLs every second into a fresh topic, and sub storing them
+/// into a table of the same name: what the failover tests run through an outage.
+struct Running {
+    site: TestServer,
+    topic: String,
+    urls: Vec<String>,
+    metrics: String,
+    publisher: Logged,
+    subscriber: Logged,
+    counter: RowCounter,
+}
+
+impl Running {
+    fn start(stack: &Stack, prefix: &str) -> Running {
+        let site = TestServer::start();
+        let topic = unique(prefix);
+        let urls = urls(&site);
+        let metrics = free_addr();
+        let publisher = Logged::spawn(&mut publisher(stack, &topic, &urls, &metrics));
+        let subscriber = Logged::spawn(&mut subscriber(stack, &topic, &topic));
+        let counter = RowCounter::new(stack, &topic);
+        Running {
+            site,
+            topic,
+            urls,
+            metrics,
+            publisher,
+            subscriber,
+            counter,
+        }
+    }
+}
+
 /// Waits until the site has answered `more` requests beyond those it had: pub goes on
 /// checking. Fails with pub's log if it does not.
 fn checks_go_on(site: &TestServer, more: usize, publisher: &Logged, when: &str) {
@@ -475,14 +508,16 @@ fn stop_pub(publisher: &mut Logged) -> String {
 fn a_killed_leader_and_a_rolling_restart_lose_and_duplicate_nothing() {
     let cluster = Cluster::exclusive();
     let stack = &cluster.stack;
-    let site = TestServer::start();
-    let topic = unique("cl_roll");
-    let urls = urls(&site);
-    let metrics = free_addr();
     let began = Utc::now();
-    let mut publisher = Logged::spawn(&mut publisher(stack, &topic, &urls, &metrics));
-    let mut subscriber = Logged::spawn(&mut subscriber(stack, &topic, &topic));
-    let mut counter = RowCounter::new(stack, &topic);
+    let Running {
+        site,
+        topic,
+        urls,
+        metrics,
+        mut publisher,
+        mut subscriber,
+        mut counter,
+    } = Running::start(stack, "cl_roll");
     wait_rows(&mut counter, TARGETS as i64, &mut subscriber);
     let layout = cluster.partitions(&topic);
     eprintln!("{topic}: {layout:?}");
@@ -645,13 +680,15 @@ fn late_checks(metrics: &str) -> f64 {
 fn pub_keeps_its_schedule_while_a_broker_is_down() {
     let cluster = Cluster::exclusive();
     let stack = &cluster.stack;
-    let site = TestServer::start();
-    let topic = unique("cl_sched");
-    let urls = urls(&site);
-    let metrics = free_addr();
-    let mut publisher = Logged::spawn(&mut publisher(stack, &topic, &urls, &metrics));
-    let mut subscriber = Logged::spawn(&mut subscriber(stack, &topic, &topic));
-    let mut counter = RowCounter::new(stack, &topic);
+    let Running {
+        site,
+        topic,
+        urls,
+        metrics,
+        mut publisher,
+        mut subscriber,
+        mut counter,
+    } = Running::start(stack, "cl_sched");
     wait_rows(&mut counter, 2 * TARGETS as i64, &mut subscriber);
 
     let mut outages = Vec::new();
