@@ -10,15 +10,20 @@ use metrics_flow::pubsub::message::CheckResult;
 use metrics_flow::pubsub::subscribe::derived::Thresholds;
 use metrics_flow::pubsub::subscribe::migrations::migrate;
 use metrics_flow::pubsub::subscribe::partitions::Partitions;
+use metrics_flow::pubsub::subscribe::prepared::Prepared;
 use metrics_flow::pubsub::subscribe::store::{
     commit_batch, stored_offsets, AcceptedRow, Advance, Batch, CommitError, Destination, Origin,
 };
 use metrics_flow::pubsub::table::TableName;
 
-fn batch(partition: i32, offsets: std::ops::Range<i64>) -> Batch {
-    let accepted = offsets
-        .map(|offset| AcceptedRow {
-            check: CheckResult::example(offset as usize),
+/// Results of each partition at the offsets given; a result's id follows its offset,
+/// and the first partition's, so that partitions' results are distinct.
+fn batch(ranges: &[(i32, std::ops::Range<i64>)]) -> Batch {
+    let accepted = ranges
+        .iter()
+        .flat_map(|(partition, offsets)| offsets.clone().map(move |offset| (*partition, offset)))
+        .map(|(partition, offset)| AcceptedRow {
+            check: CheckResult::example((partition * 1000) as usize + offset as usize),
             origin: Origin {
                 partition,
                 offset,
@@ -61,30 +66,51 @@ fn a_consumer_that_lost_its_partition_is_fenced_off() {
         let sql = format!("SELECT count(*) FROM {table}");
         client.query_one(&sql, &[]).unwrap().get(0)
     };
-    let commit = |client: &mut postgres::Client, range: std::ops::Range<i64>, from: Option<i64>| {
-        let expected = BTreeMap::from([(0, from)]);
-        let next = BTreeMap::from([(0, range.end)]);
+    // One set of prepared statements for every commit, as sub has: those prepared in
+    // a fenced (rolled back) transaction must serve the next one.
+    let mut prepared = Prepared::default();
+    // Each partition's offsets, and what the committer believes is stored for it.
+    let mut commit = |client: &mut postgres::Client,
+                      moves: &[(i32, std::ops::Range<i64>, Option<i64>)]| {
+        let expected = moves.iter().map(|(p, _, from)| (*p, *from)).collect();
+        let next = moves.iter().map(|(p, range, _)| (*p, range.end)).collect();
         let advance = Advance {
             expected: &expected,
             next: &next,
         };
-        commit_batch(client, &to, &batch(0, range), &advance)
+        let ranges: Vec<_> = moves.iter().map(|(p, r, _)| (*p, r.clone())).collect();
+        let batch = batch(&ranges);
+        commit_batch(
+            (client, &mut prepared),
+            &to,
+            &batch,
+            &batch.grouping(),
+            &advance,
+        )
     };
 
     // The first owner stores offsets 0..10; the partition's stored offset is now 10.
-    commit(&mut client, 0..10, None).unwrap();
+    commit(&mut client, &[(0, 0..10, None)]).unwrap();
     // A second consumer that also started from "nothing stored" is refused.
-    let stale = commit(&mut client, 0..5, None);
+    let stale = commit(&mut client, &[(0, 0..5, None)]);
     assert!(matches!(stale, Err(CommitError::Fenced { partition: 0 })));
     // So is one that believes the offset is still 4.
-    let stale = commit(&mut client, 4..12, Some(4));
+    let stale = commit(&mut client, &[(0, 4..12, Some(4))]);
     assert!(matches!(stale, Err(CommitError::Fenced { partition: 0 })));
     assert_eq!(count(&mut client), 10, "fenced batches wrote nothing");
-    // The rightful owner carries on from 10.
-    commit(&mut client, 10..15, Some(10)).unwrap();
-    assert_eq!(count(&mut client), 15);
+    // The rightful owner carries on from 10, and takes a new partition in the same
+    // batch.
+    commit(&mut client, &[(0, 10..15, Some(10)), (1, 0..3, None)]).unwrap();
+    assert_eq!(count(&mut client), 18);
+    // A batch that is right about one partition and stale about the other writes
+    // nothing for either.
+    let stale = commit(&mut client, &[(0, 15..20, Some(15)), (1, 0..4, Some(0))]);
+    assert!(matches!(stale, Err(CommitError::Fenced { partition: 1 })));
+    let stale = commit(&mut client, &[(0, 15..20, Some(15)), (1, 0..4, None)]);
+    assert!(matches!(stale, Err(CommitError::Fenced { partition: 1 })));
+    assert_eq!(count(&mut client), 18, "half-stale batches wrote nothing");
     assert_eq!(
-        stored_offsets(&mut client, &table, "t", &[0, 1]).unwrap(),
-        BTreeMap::from([(0, 15)])
+        stored_offsets(&mut client, &table, "t", &[0, 1, 2]).unwrap(),
+        BTreeMap::from([(0, 15), (1, 3)])
     );
 }

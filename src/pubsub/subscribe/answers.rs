@@ -3,39 +3,40 @@
 //! and written back. Being in the transaction of the rows and the offsets, they are
 //! exactly once too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use postgres::Transaction;
 
-use super::derived::{
-    key_of, key_ref, rollup, Incident, Key, Period, State, Status, Sums, Thresholds, Tracker,
-};
+use super::derived::{Grouping, Incident, Key, Period, State, Status, Sums, Thresholds, Tracker};
+use super::prepared::Prepared;
 use super::store::AcceptedRow;
-use crate::pubsub::message::CheckResult;
 use crate::pubsub::table::TableName;
 
-/// Derives from the results a batch stores.
+/// Derives from the results a batch stores; `grouping` is theirs.
 pub fn apply(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     rows: &[AcceptedRow],
+    grouping: &Grouping,
     thresholds: Thresholds,
 ) -> Result<(), postgres::Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    for period in Period::ALL {
-        let sums = rollup(rows.iter().map(|row| &row.check), period);
-        add_to_rollup(tx, table, period, &sums)?;
+    for (period, sums) in Period::ALL.into_iter().zip(&grouping.rollups) {
+        add_to_rollup(tx, prepared, table, period, sums)?;
     }
-    let mut trackers = load_trackers(tx, table, rows.iter().map(|row| &row.check))?;
-    for row in rows {
-        if let Some(tracker) = trackers.get_mut(&key_of(&row.check)) {
-            tracker.apply(&row.check, thresholds);
+    let keys = grouping.checks_of.iter().map(|(key, _)| key);
+    let mut trackers = load_trackers(tx, prepared, table, keys)?;
+    for (key, positions) in &grouping.checks_of {
+        let tracker = trackers.get_mut(key).expect("a tracker for every key");
+        for &position in positions {
+            tracker.apply(&rows[position].check, thresholds);
         }
     }
-    store_trackers(tx, table, &trackers)
+    store_trackers(tx, prepared, table, &trackers)
 }
 
 /// `{1,2,3}`: an int[] literal, so that one text[] parameter carries every row's buckets.
@@ -46,6 +47,7 @@ fn array_literal(counts: &[i32]) -> String {
 
 pub fn add_to_rollup(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     period: Period,
     hours: &BTreeMap<(Key, DateTime<Utc>), Sums>,
@@ -72,7 +74,8 @@ pub fn add_to_rollup(
         maxes.push(sums_of_hour.latency_ms_max);
         buckets.push(array_literal(&sums_of_hour.latency_buckets));
     }
-    tx.execute(
+    let statement = prepared.statement(
+        tx,
         &format!(
             "INSERT INTO {rollups} AS h (target, location, {column}, checks, ok_checks,
                  latency_ms_sum, latency_ms_min, latency_ms_max, latency_buckets)
@@ -90,6 +93,9 @@ pub fn add_to_rollup(
                      SELECT a + b FROM unnest(h.latency_buckets, EXCLUDED.latency_buckets)
                      AS x(a, b))"
         ),
+    )?;
+    tx.execute(
+        &statement,
         &[
             &targets, &locations, &starts, &checks, &ok_checks, &sums, &mins, &maxes, &buckets,
         ],
@@ -97,24 +103,21 @@ pub fn add_to_rollup(
     Ok(())
 }
 
-/// The stored status and open incident of every target and location among `checks`.
+/// The stored status and open incident of each target and location of `keys`.
 pub fn load_trackers<'a>(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
-    checks: impl Iterator<Item = &'a CheckResult>,
+    keys: impl Iterator<Item = &'a Key>,
 ) -> Result<BTreeMap<Key, Tracker>, postgres::Error> {
-    let distinct: BTreeSet<(&str, &str)> = checks.map(key_ref).collect();
-    let mut trackers: BTreeMap<Key, Tracker> = distinct
-        .into_iter()
-        .map(|(target, location)| {
-            let key = (target.to_owned(), location.to_owned());
-            (key, Tracker::new(None, None))
-        })
+    let mut trackers: BTreeMap<Key, Tracker> = keys
+        .map(|key| (key.clone(), Tracker::new(None, None)))
         .collect();
     let targets: Vec<&str> = trackers.keys().map(|(t, _)| t.as_str()).collect();
     let locations: Vec<&str> = trackers.keys().map(|(_, l)| l.as_str()).collect();
     let status = table.with_suffix("_status");
-    let rows = tx.query(
+    let statement = prepared.statement(
+        tx,
         &format!(
             "SELECT target, location, state, since, last_checked_at, consecutive_failures,
                     consecutive_successes, last_error_kind, last_error_text, run_started_at,
@@ -122,8 +125,8 @@ pub fn load_trackers<'a>(
              FROM {status}
              WHERE (target, location) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
         ),
-        &[&targets, &locations],
     )?;
+    let rows = tx.query(&statement, &[&targets, &locations])?;
     let mut stored: Vec<(Key, Status)> = rows
         .iter()
         .map(|row| {
@@ -145,15 +148,16 @@ pub fn load_trackers<'a>(
         })
         .collect();
     let incidents = table.with_suffix("_incidents");
-    let rows = tx.query(
+    let statement = prepared.statement(
+        tx,
         &format!(
             "SELECT target, location, id, started_at, error_kind, failed_checks, last_error_text
              FROM {incidents}
              WHERE ended_at IS NULL
                AND (target, location) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
         ),
-        &[&targets, &locations],
     )?;
+    let rows = tx.query(&statement, &[&targets, &locations])?;
     let open: BTreeMap<Key, Incident> = rows
         .iter()
         .map(|row| {
@@ -178,6 +182,7 @@ pub fn load_trackers<'a>(
 /// Writes back every status a batch changed, and the incidents it opened or advanced.
 pub fn store_trackers(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     trackers: &BTreeMap<Key, Tracker>,
 ) -> Result<(), postgres::Error> {
@@ -185,12 +190,13 @@ pub fn store_trackers(
     if changed.is_empty() {
         return Ok(());
     }
-    store_statuses(tx, table, &changed)?;
-    store_incidents(tx, table, &changed)
+    store_statuses(tx, prepared, table, &changed)?;
+    store_incidents(tx, prepared, table, &changed)
 }
 
 fn store_statuses(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     changed: &[(&Key, &Tracker)],
 ) -> Result<(), postgres::Error> {
@@ -228,7 +234,8 @@ fn store_statuses(
         })
         .collect();
     let status = table.with_suffix("_status");
-    tx.execute(
+    let statement = prepared.statement(
+        tx,
         &format!(
             "INSERT INTO {status} (target, location, state, since, last_checked_at,
                  consecutive_failures, consecutive_successes, last_error_kind, last_error_text,
@@ -248,6 +255,9 @@ fn store_statuses(
                  tls_expires_at = EXCLUDED.tls_expires_at,
                  tls_days_left = EXCLUDED.tls_days_left"
         ),
+    )?;
+    tx.execute(
+        &statement,
         &[
             &targets,
             &locations,
@@ -272,6 +282,7 @@ fn store_statuses(
 /// bench-upgrade.sh with 20,000 incidents).
 fn store_incidents(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     changed: &[(&Key, &Tracker)],
 ) -> Result<(), postgres::Error> {
@@ -291,13 +302,17 @@ fn store_incidents(
             .iter()
             .map(|(_, i)| i.last_error_text.as_deref())
             .collect();
-        tx.execute(
+        let statement = prepared.statement(
+            tx,
             &format!(
                 "INSERT INTO {incidents} (target, location, started_at, ended_at, error_kind,
                      failed_checks, last_error_text)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
                      $4::timestamptz[], $5::text[], $6::int[], $7::text[])"
             ),
+        )?;
+        tx.execute(
+            &statement,
             &[
                 &targets, &locations, &started, &ended, &kinds, &failed, &texts,
             ],
@@ -311,7 +326,8 @@ fn store_incidents(
             .iter()
             .map(|(_, i)| i.last_error_text.as_deref())
             .collect();
-        tx.execute(
+        let statement = prepared.statement(
+            tx,
             &format!(
                 "UPDATE {incidents} i SET ended_at = u.ended_at,
                      failed_checks = u.failed_checks, last_error_text = u.last_error_text
@@ -319,8 +335,8 @@ fn store_incidents(
                      AS u(id, ended_at, failed_checks, last_error_text)
                  WHERE i.id = u.id"
             ),
-            &[&ids, &ended, &failed, &texts],
         )?;
+        tx.execute(&statement, &[&ids, &ended, &failed, &texts])?;
     }
     Ok(())
 }

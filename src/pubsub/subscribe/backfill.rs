@@ -9,6 +9,7 @@ use postgres::Transaction;
 
 use super::answers::store_trackers;
 use super::derived::{bucket_counts_sql, Key, Period, Thresholds, Tracker};
+use super::prepared::Prepared;
 use crate::pubsub::message::{CheckResult, ErrorKind};
 use crate::pubsub::table::TableName;
 
@@ -69,6 +70,7 @@ fn replay(
         &[],
     )?;
     let mut trackers: BTreeMap<Key, Tracker> = BTreeMap::new();
+    let mut prepared = Prepared::default();
     let mut read = 0u64;
     loop {
         let rows = tx.query_portal(&portal, FETCH)?;
@@ -78,7 +80,7 @@ fn replay(
         for row in &rows {
             let key: Key = (row.get(0), row.get(1));
             if !trackers.contains_key(&key) && trackers.len() >= TARGETS_PER_WRITE {
-                store_trackers(tx, table, &trackers)?;
+                store_trackers(tx, &mut prepared, table, &trackers)?;
                 trackers.clear();
             }
             let mut check = CheckResult::example(0);
@@ -96,6 +98,6 @@ fn replay(
             read += 1;
         }
     }
-    store_trackers(tx, table, &trackers)?;
+    store_trackers(tx, &mut prepared, table, &trackers)?;
     Ok(read)
 }

@@ -3,7 +3,7 @@
 //! stores them in the same transaction as the rows and the offsets, so a replay of
 //! the same results derives the same tables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, DurationRound, Utc};
 
@@ -134,24 +134,51 @@ impl Sums {
     }
 }
 
-/// The checks of a batch summed per target, location and period; late results
-/// included.
-pub fn rollup<'a>(
-    checks: impl IntoIterator<Item = &'a CheckResult>,
-    period: Period,
-) -> BTreeMap<(Key, DateTime<Utc>), Sums> {
-    let mut sums: BTreeMap<((&str, &str), DateTime<Utc>), Sums> = BTreeMap::new();
-    for check in checks {
-        let start = period.start(check.checked_at);
-        sums.entry((key_ref(check), start))
-            .or_default()
-            .count(check);
+/// A batch's checks arranged for the derived tables: each distinct target and
+/// location with the positions of its checks in batch order, and the sums of each
+/// period (late results included). sub makes it on the poll thread, before the batch
+/// goes to the writer: in the writer's transaction it took 5-7 ms of each
+/// 5,000-row batch, with the rows waiting on it.
+#[derive(Debug, Default)]
+pub struct Grouping {
+    pub checks_of: Vec<(Key, Vec<usize>)>,
+    /// By [`Period::ALL`].
+    pub rollups: [BTreeMap<(Key, DateTime<Utc>), Sums>; Period::ALL.len()],
+}
+
+impl Grouping {
+    pub fn of<'a>(checks: impl IntoIterator<Item = &'a CheckResult>) -> Grouping {
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut checks_of: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+        let mut sums: [BTreeMap<(usize, DateTime<Utc>), Sums>; Period::ALL.len()] =
+            Default::default();
+        for (position, check) in checks.into_iter().enumerate() {
+            let key = key_ref(check);
+            let next = checks_of.len();
+            let key_index = *index.entry(key).or_insert(next);
+            if key_index == next {
+                checks_of.push((key, Vec::new()));
+            }
+            checks_of[key_index].1.push(position);
+            for (period, sums) in Period::ALL.into_iter().zip(&mut sums) {
+                let start = period.start(check.checked_at);
+                sums.entry((key_index, start)).or_default().count(check);
+            }
+        }
+        let owned = |(target, location): (&str, &str)| (target.to_owned(), location.to_owned());
+        let rollups = sums.map(|sums| {
+            sums.into_iter()
+                .map(|((key_index, start), sums)| ((owned(checks_of[key_index].0), start), sums))
+                .collect()
+        });
+        Grouping {
+            checks_of: checks_of
+                .into_iter()
+                .map(|(key, positions)| (owned(key), positions))
+                .collect(),
+            rollups,
+        }
     }
-    sums.into_iter()
-        .map(|(((target, location), start), sums)| {
-            (((target.to_owned(), location.to_owned()), start), sums)
-        })
-        .collect()
 }
 
 /// When a run of failures opens an incident, and a run of successes closes it.
@@ -449,9 +476,9 @@ mod tests {
         let mut checks: Vec<CheckResult> = (0..3).map(|s| check(s, s != 1)).collect();
         checks[2].latency_ms = None;
         checks.push(check(3600, true));
-        let hours = rollup(&checks, Period::Hour);
+        let [hours, days] = Grouping::of(&checks).rollups;
         assert_eq!(hours.len(), 2);
-        assert_eq!(rollup(&checks, Period::Day).len(), 1);
+        assert_eq!(days.len(), 1);
         let first = hours.values().next().unwrap();
         assert_eq!((first.checks, first.ok_checks), (3, 2));
         let latency = checks[0].latency_ms.unwrap();
@@ -464,5 +491,28 @@ mod tests {
             2,
             "one had no latency"
         );
+    }
+
+    #[test]
+    fn a_grouping_keeps_each_targets_checks_in_batch_order_apart_by_location() {
+        let mut checks: Vec<CheckResult> = (0..4).map(|s| check(s, true)).collect();
+        checks[1].target = "http://elsewhere.test/".into();
+        checks[3].details.location = Some("eu-west".into());
+        let target = checks[0].target.clone();
+        let location = checks[0].details.location.clone().unwrap_or_default();
+        let grouping = Grouping::of(&checks);
+        let key = |t: &str, l: &str| (t.to_owned(), l.to_owned());
+        assert_eq!(
+            grouping.checks_of,
+            vec![
+                (key(&target, &location), vec![0, 2]),
+                (key("http://elsewhere.test/", &location), vec![1]),
+                (key(&target, "eu-west"), vec![3]),
+            ]
+        );
+        for sums in &grouping.rollups {
+            assert_eq!(sums.len(), 3, "one hour and one day for each of the three");
+            assert_eq!(sums.values().map(|s| s.checks).sum::<i64>(), 4);
+        }
     }
 }

@@ -18,6 +18,7 @@ mod membership;
 mod metrics;
 pub mod migrations;
 pub mod partitions;
+pub mod prepared;
 mod session;
 mod sink;
 pub mod store;

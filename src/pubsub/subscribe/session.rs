@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use postgres::Client;
 
+use super::prepared::Prepared;
 use super::store::describe;
 use crate::pubsub::metrics::Link;
 use crate::pubsub::pgconn::PgConnector;
@@ -20,6 +21,7 @@ const LIVENESS_LIMIT: Duration = Duration::from_secs(5);
 
 pub struct Session {
     client: Client,
+    prepared: Prepared,
     connector: PgConnector,
     shutdown: Shutdown,
     /// What `/healthz` says of PostgreSQL.
@@ -41,6 +43,7 @@ impl Session {
         link.up();
         Ok(Session {
             client,
+            prepared: Prepared::default(),
             connector,
             shutdown: shutdown.clone(),
             link,
@@ -53,6 +56,11 @@ impl Session {
 
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// The connection with the statements prepared on it, for a batch.
+    pub fn client_and_statements(&mut self) -> (&mut Client, &mut Prepared) {
+        (&mut self.client, &mut self.prepared)
     }
 
     /// Marks PostgreSQL down if the server closed the connection (a shutdown or a
@@ -79,6 +87,7 @@ impl Session {
             connector.connect()
         })?;
         self.client = client;
+        self.prepared = Prepared::default();
         self.link.up();
         log::info!(
             "reconnected to {} after {:.0} s",
@@ -110,6 +119,9 @@ impl Session {
     pub fn recover(&mut self, error: &postgres::Error) -> anyhow::Result<()> {
         let reason = describe(error);
         log::error!("writing a batch failed: {reason}; rolling back");
+        // Prepared again at the next batch, whatever failed: cheap next to a failure,
+        // and a connection pooler may have lost them with the server connection.
+        self.prepared = Prepared::default();
         if !self.connected() {
             return self.reconnect();
         }

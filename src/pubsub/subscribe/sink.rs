@@ -132,8 +132,10 @@ impl Sink {
             return Ok(());
         }
         self.batch_started = None;
+        let batch = std::mem::take(&mut self.batch);
         let job = Job {
-            batch: std::mem::take(&mut self.batch),
+            grouping: batch.grouping(),
+            batch,
             expected: self.ledger.expected().clone(),
             next: self.ledger.pending().clone(),
         };
@@ -158,7 +160,7 @@ impl Sink {
         };
         match outcome.result {
             Ok(()) => {
-                self.tell_kafka(consumer, &outcome.next);
+                self.tell_kafka(consumer, &outcome.job.next);
                 Ok(())
             }
             Err(CommitError::Fenced { partition }) => {

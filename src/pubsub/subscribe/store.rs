@@ -10,7 +10,8 @@ use postgres::Client;
 
 use super::answers;
 use super::copy_rows::{CopyError, CopyRows};
-use super::derived::Thresholds;
+use super::derived::{Grouping, Thresholds};
+use super::prepared::Prepared;
 use crate::pubsub::message::{CheckResult, ErrorKind};
 use crate::pubsub::table::TableName;
 
@@ -59,6 +60,11 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The accepted results grouped for the derived tables.
+    pub fn grouping(&self) -> Grouping {
+        Grouping::of(self.accepted.iter().map(|row| &row.check))
     }
 }
 
@@ -176,18 +182,26 @@ pub fn newest_checked_at(
 }
 
 /// Writes the batch and advances the offsets in one transaction, behind the fence of
-/// [`Advance`].
+/// [`Advance`]. `grouping` is the batch's own ([`Batch::grouping`]).
 pub fn commit_batch(
-    client: &mut Client,
+    (client, prepared): (&mut Client, &mut Prepared),
     to: &Destination<'_>,
     batch: &Batch,
+    grouping: &Grouping,
     advance: &Advance<'_>,
 ) -> Result<(), CommitError> {
     let mut tx = client.transaction()?;
-    copy_accepted(&mut tx, to.table, &batch.accepted)?;
-    copy_rejected(&mut tx, to.table, &batch.rejected)?;
-    answers::apply(&mut tx, to.table, &batch.accepted, to.thresholds)?;
-    advance_offsets(&mut tx, to.table, to.topic, advance)?;
+    copy_accepted(&mut tx, prepared, to.table, &batch.accepted)?;
+    copy_rejected(&mut tx, prepared, to.table, &batch.rejected)?;
+    answers::apply(
+        &mut tx,
+        prepared,
+        to.table,
+        &batch.accepted,
+        grouping,
+        to.thresholds,
+    )?;
+    advance_offsets(&mut tx, prepared, to.table, to.topic, advance)?;
     tx.commit()?;
     Ok(())
 }
@@ -199,7 +213,7 @@ pub fn commit_batch(
 /// all commits in one transaction with the offsets, as a batch does. Returns the
 /// batch as committed.
 pub fn commit_sorting_out(
-    client: &mut Client,
+    (client, prepared): (&mut Client, &mut Prepared),
     to: &Destination<'_>,
     batch: Batch,
     advance: &Advance<'_>,
@@ -211,13 +225,22 @@ pub fn commit_sorting_out(
     } = batch;
     let mut tx = client.transaction()?;
     let fresh = reject_duplicates(&mut tx, table, accepted, &mut rejected)?;
-    let accepted = copy_bisecting(&mut tx, table, fresh, &mut rejected)?;
+    let accepted = copy_bisecting(&mut tx, prepared, table, fresh, &mut rejected)?;
     rejected.sort_by_key(|row| (row.origin.partition, row.origin.offset));
-    copy_rejected(&mut tx, table, &rejected)?;
-    answers::apply(&mut tx, table, &accepted, to.thresholds)?;
-    advance_offsets(&mut tx, table, to.topic, advance)?;
+    copy_rejected(&mut tx, prepared, table, &rejected)?;
+    let batch = Batch { accepted, rejected };
+    let grouping = batch.grouping();
+    answers::apply(
+        &mut tx,
+        prepared,
+        table,
+        &batch.accepted,
+        &grouping,
+        to.thresholds,
+    )?;
+    advance_offsets(&mut tx, prepared, table, to.topic, advance)?;
     tx.commit()?;
-    Ok(Batch { accepted, rejected })
+    Ok(batch)
 }
 
 /// The rows whose (id, checked_at) is neither stored already nor earlier in `rows`;
@@ -256,6 +279,7 @@ fn reject_duplicates(
 /// stored.
 fn copy_bisecting(
     tx: &mut postgres::Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     mut rows: Vec<AcceptedRow>,
     rejected: &mut Vec<RejectedRow>,
@@ -264,7 +288,7 @@ fn copy_bisecting(
         return Ok(rows);
     }
     let mut attempt = tx.savepoint("metrics_flow_bisect")?;
-    let reason = match copy_accepted(&mut attempt, table, &rows) {
+    let reason = match copy_accepted(&mut attempt, prepared, table, &rows) {
         Ok(()) => {
             attempt.commit()?;
             return Ok(rows);
@@ -286,50 +310,82 @@ fn copy_bisecting(
         return Ok(rows);
     }
     let second = rows.split_off(rows.len() / 2);
-    let mut stored = copy_bisecting(tx, table, rows, rejected)?;
-    stored.extend(copy_bisecting(tx, table, second, rejected)?);
+    let mut stored = copy_bisecting(tx, prepared, table, rows, rejected)?;
+    stored.extend(copy_bisecting(tx, prepared, table, second, rejected)?);
     Ok(stored)
 }
 
+/// Moves every partition's stored offset in one statement (and a second for
+/// partitions with none stored yet), fenced as [`Advance`] says: a partition whose
+/// row is not where the batch expects it is not returned, and fails the batch.
 fn advance_offsets(
     tx: &mut postgres::Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     topic: &str,
     advance: &Advance<'_>,
 ) -> Result<(), CommitError> {
+    let offsets = table.with_suffix("_offsets");
+    let (mut moved, mut new) = (Moves::default(), Moves::default());
     for (&partition, &next) in advance.next {
-        let previous = advance.expected.get(&partition).copied().flatten();
-        if advance_offset(tx, table, topic, partition, previous, next)? != 1 {
-            return Err(CommitError::Fenced { partition });
+        match advance.expected.get(&partition).copied().flatten() {
+            Some(previous) => moved.push(partition, next, Some(previous)),
+            None => new.push(partition, next, None),
         }
     }
-    Ok(())
+    let mut done = Vec::with_capacity(advance.next.len());
+    if !moved.partitions.is_empty() {
+        let update = prepared.statement(
+            tx,
+            &format!(
+                "UPDATE {offsets} o SET next_offset = m.next, updated_at = now()
+                 FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS m(p, next, previous)
+                 WHERE o.topic = $1 AND o.kafka_partition = m.p AND o.next_offset = m.previous
+                 RETURNING o.kafka_partition"
+            ),
+        )?;
+        let rows = tx.query(
+            &update,
+            &[&topic, &moved.partitions, &moved.next, &moved.previous],
+        )?;
+        done.extend(rows.iter().map(|row| row.get::<_, i32>(0)));
+    }
+    if !new.partitions.is_empty() {
+        let insert = prepared.statement(
+            tx,
+            &format!(
+                "INSERT INTO {offsets} (topic, kafka_partition, next_offset)
+                 SELECT $1, p, next FROM unnest($2::int[], $3::bigint[]) AS m(p, next)
+                 ON CONFLICT DO NOTHING
+                 RETURNING kafka_partition"
+            ),
+        )?;
+        let rows = tx.query(&insert, &[&topic, &new.partitions, &new.next])?;
+        done.extend(rows.iter().map(|row| row.get::<_, i32>(0)));
+    }
+    match advance
+        .next
+        .keys()
+        .find(|partition| !done.contains(partition))
+    {
+        Some(&partition) => Err(CommitError::Fenced { partition }),
+        None => Ok(()),
+    }
 }
 
-fn advance_offset(
-    tx: &mut postgres::Transaction<'_>,
-    table: &TableName,
-    topic: &str,
-    partition: i32,
-    previous: Option<i64>,
-    next: i64,
-) -> Result<u64, postgres::Error> {
-    let offsets = table.with_suffix("_offsets");
-    match previous {
-        Some(previous) => tx.execute(
-            &format!(
-                "UPDATE {offsets} SET next_offset = $3, updated_at = now()
-                 WHERE topic = $1 AND kafka_partition = $2 AND next_offset = $4"
-            ),
-            &[&topic, &partition, &next, &previous],
-        ),
-        None => tx.execute(
-            &format!(
-                "INSERT INTO {offsets} (topic, kafka_partition, next_offset) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[&topic, &partition, &next],
-        ),
+/// Offsets to move, as the arrays of one statement.
+#[derive(Default)]
+struct Moves {
+    partitions: Vec<i32>,
+    next: Vec<i64>,
+    previous: Vec<i64>,
+}
+
+impl Moves {
+    fn push(&mut self, partition: i32, next: i64, previous: Option<i64>) {
+        self.partitions.push(partition);
+        self.next.push(next);
+        self.previous.extend(previous);
     }
 }
 
@@ -404,23 +460,26 @@ fn saturating_i32(value: i64) -> i32 {
 
 fn copy_accepted(
     tx: &mut postgres::Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     rows: &[AcceptedRow],
 ) -> Result<(), CopyError> {
-    copy::<ResultColumns>(tx, table, rows)
+    copy::<ResultColumns>(tx, prepared, table, rows)
 }
 
 fn copy_rejected(
     tx: &mut postgres::Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     rows: &[RejectedRow],
 ) -> Result<(), CopyError> {
-    copy::<RejectedColumns>(tx, &table.with_suffix("_rejected"), rows)
+    copy::<RejectedColumns>(tx, prepared, &table.with_suffix("_rejected"), rows)
 }
 
 /// Binary COPY of `rows` into `table`.
 fn copy<C: Columns>(
     tx: &mut postgres::Transaction<'_>,
+    prepared: &mut Prepared,
     table: &TableName,
     rows: &[C::Row],
 ) -> Result<(), CopyError> {
@@ -428,9 +487,11 @@ fn copy<C: Columns>(
         return Ok(());
     }
     let columns = C::NAMES.join(", ");
-    let sink = tx.copy_in(&format!(
-        "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
-    ))?;
+    let statement = prepared.statement(
+        tx,
+        &format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"),
+    )?;
+    let sink = tx.copy_in(&statement)?;
     let mut writer = CopyRows::new(sink, C::TYPES);
     for row in rows {
         C::write(&mut writer, row)?;

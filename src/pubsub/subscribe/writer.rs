@@ -15,7 +15,7 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::copy_rows::CopyError;
-use super::derived::Thresholds;
+use super::derived::{Grouping, Thresholds};
 use super::metrics::SubMetrics;
 use super::partitions::{day_of, Partitions};
 use super::session::Session;
@@ -122,7 +122,12 @@ impl Store {
 
     /// One transaction for the batch and its offsets; a batch PostgreSQL refuses for
     /// its data is sorted out row by row, in a second one.
-    fn commit(&mut self, batch: Batch, advance: &Advance<'_>) -> Result<Batch, CommitError> {
+    fn commit(
+        &mut self,
+        batch: Batch,
+        grouping: &Grouping,
+        advance: &Advance<'_>,
+    ) -> Result<Batch, CommitError> {
         let days = batch
             .accepted
             .iter()
@@ -144,8 +149,8 @@ impl Store {
             topic: &self.topic,
             thresholds: self.keeping.thresholds,
         };
-        let client = self.session.client();
-        let reason = match store::commit_batch(client, &to, &batch, advance) {
+        let (client, prepared) = self.session.client_and_statements();
+        let reason = match store::commit_batch((client, prepared), &to, &batch, grouping, advance) {
             Ok(()) => return Ok(batch),
             Err(CommitError::Refused(error)) => store::describe(&error),
             Err(CommitError::Unsendable(CopyError::Encode(error))) => error.to_string(),
@@ -155,17 +160,18 @@ impl Store {
             "PostgreSQL refused a batch of {}: {reason}; finding the message(s) it refuses",
             batch.len()
         );
-        store::commit_sorting_out(client, &to, batch, advance)
+        store::commit_sorting_out((client, prepared), &to, batch, advance)
     }
 
-    /// Writes one batch and counts what it stored.
+    /// Writes one batch and counts what it stored. The batch goes back with the
+    /// outcome, for the poll thread to free.
     fn write(&mut self, job: &mut Job) -> Result<(), CommitError> {
         let started = Instant::now();
         let advance = Advance {
             expected: &job.expected,
             next: &job.next,
         };
-        let batch = self.commit(std::mem::take(&mut job.batch), &advance)?;
+        let batch = self.commit(std::mem::take(&mut job.batch), &job.grouping, &advance)?;
         let newest = batch.accepted.iter().map(|row| row.check.checked_at).max();
         self.metrics.committed(
             started.elapsed(),
@@ -174,6 +180,7 @@ impl Store {
             &job.next,
             newest,
         );
+        job.batch = batch;
         Ok(())
     }
 
@@ -191,18 +198,21 @@ impl Store {
     }
 }
 
-/// A batch handed to the writer, with the offsets it moves its partitions from (the
-/// fence) and to.
+/// A batch handed to the writer, grouped for the derived tables, with the offsets it
+/// moves its partitions from (the fence) and to.
 pub struct Job {
     pub batch: Batch,
+    pub grouping: Grouping,
     pub expected: BTreeMap<i32, Option<i64>>,
     pub next: BTreeMap<i32, i64>,
 }
 
-/// What became of a batch handed over: on success, the offsets it stored.
+/// What became of a batch handed over: on success, the offsets it stored. The job
+/// comes back whole: freeing a batch of 5,000 results is left to the poll thread,
+/// which has time to spare, rather than the writer, which PostgreSQL waits on.
 pub struct Outcome {
     pub result: Result<(), CommitError>,
-    pub next: BTreeMap<i32, i64>,
+    pub job: Job,
 }
 
 /// The writer thread and the way to it.
@@ -226,11 +236,7 @@ impl Writer {
             .spawn(move || {
                 for mut job in job_queue {
                     let result = lock(&shared).write(&mut job);
-                    let outcome = Outcome {
-                        result,
-                        next: job.next,
-                    };
-                    if outcome_queue.send(outcome).is_err() {
+                    if outcome_queue.send(Outcome { result, job }).is_err() {
                         break;
                     }
                 }
