@@ -35,7 +35,10 @@ struct TlsParams {
 #[derive(Clone)]
 pub struct PgConnector {
     config: postgres::Config,
-    tls: TlsParams,
+    /// Built once, when the DSN is checked: OpenSSL reads and parses the system's
+    /// whole CA bundle for each one, 25-60 ms here, and sub built a second one to
+    /// connect. So the certificate files are read at start, as librdkafka reads its own.
+    connector: MakeTlsConnector,
 }
 
 impl PgConnector {
@@ -60,9 +63,8 @@ impl PgConnector {
         if config.get_application_name().is_none() {
             config.application_name("metrics-flow");
         }
-        let target = PgConnector { config, tls };
-        target.tls_connector()?;
-        Ok(target)
+        let connector = tls_connector(&tls)?;
+        Ok(PgConnector { config, connector })
     }
 
     /// host, port, user and database: enough to recognise the server, never the password.
@@ -97,66 +99,69 @@ impl PgConnector {
     /// One attempt to connect. A refusal that waiting cannot cure (a wrong password,
     /// a missing database or role) is [`Permanent`], so it is not retried.
     pub fn connect(&self) -> anyhow::Result<Client> {
-        let connector = self.tls_connector()?;
-        self.config.connect(connector).map_err(|error| {
-            let reason = anyhow::anyhow!(error_chain(&error));
-            let permanent = error.code().is_some_and(|code| {
-                // 28: invalid authorization (bad password, no such role, pg_hba),
-                // 3D000: no such database, 42501: no permission to connect.
-                code.code().starts_with("28") || ["3D000", "42501"].contains(&code.code())
-            });
-            if permanent {
-                Permanent(reason).into()
-            } else {
-                reason
-            }
-        })
+        self.config
+            .connect(self.connector.clone())
+            .map_err(|error| {
+                let reason = anyhow::anyhow!(error_chain(&error));
+                let permanent = error.code().is_some_and(|code| {
+                    // 28: invalid authorization (bad password, no such role, pg_hba),
+                    // 3D000: no such database, 42501: no permission to connect.
+                    code.code().starts_with("28") || ["3D000", "42501"].contains(&code.code())
+                });
+                if permanent {
+                    Permanent(reason).into()
+                } else {
+                    reason
+                }
+            })
     }
+}
 
-    fn tls_connector(&self) -> Result<MakeTlsConnector, UsageError> {
-        let mode = self.tls.mode.unwrap_or(TlsMode::Prefer);
-        let usage = |what: &str, e: openssl::error::ErrorStack| {
-            UsageError::new(format!("--dsn (POSTGRESQL_DSN) {what}: {e}"))
-        };
-        let mut builder =
-            SslConnector::builder(SslMethod::tls()).map_err(|e| usage("TLS setup failed", e))?;
-        if let Some(root) = &self.tls.root_cert {
-            readable("sslrootcert", root)?;
-            builder
-                .set_ca_file(root)
-                .map_err(|e| usage("sslrootcert is not a PEM CA file", e))?;
-        }
-        if let (Some(cert), Some(key)) = (&self.tls.client_cert, &self.tls.client_key) {
-            readable("sslcert", cert)?;
-            readable("sslkey", key)?;
-            builder
-                .set_certificate_chain_file(cert)
-                .map_err(|e| usage("sslcert is not a PEM certificate", e))?;
-            builder
-                .set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| usage("sslkey is not a PEM key", e))?;
-            builder
-                .check_private_key()
-                .map_err(|e| usage("sslkey does not match sslcert", e))?;
-        }
-        // libpq: prefer/require check nothing unless a root certificate is given,
-        // in which case require behaves as verify-ca.
-        let verify_chain = match mode {
-            TlsMode::Disable | TlsMode::Prefer => false,
-            TlsMode::Require => self.tls.root_cert.is_some(),
-            TlsMode::VerifyCa | TlsMode::VerifyFull => true,
-        };
-        if !verify_chain {
-            builder.set_verify(SslVerifyMode::NONE);
-        }
-        let mut connector = MakeTlsConnector::new(builder.build());
-        let verify_host = mode == TlsMode::VerifyFull;
-        connector.set_callback(move |config, _host| {
-            config.set_verify_hostname(verify_host);
-            Ok(())
-        });
-        Ok(connector)
+/// TLS as libpq would set it up for these parameters; a file that cannot be used is
+/// a usage error.
+fn tls_connector(tls: &TlsParams) -> Result<MakeTlsConnector, UsageError> {
+    let mode = tls.mode.unwrap_or(TlsMode::Prefer);
+    let usage = |what: &str, e: openssl::error::ErrorStack| {
+        UsageError::new(format!("--dsn (POSTGRESQL_DSN) {what}: {e}"))
+    };
+    let mut builder =
+        SslConnector::builder(SslMethod::tls()).map_err(|e| usage("TLS setup failed", e))?;
+    if let Some(root) = &tls.root_cert {
+        readable("sslrootcert", root)?;
+        builder
+            .set_ca_file(root)
+            .map_err(|e| usage("sslrootcert is not a PEM CA file", e))?;
     }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        readable("sslcert", cert)?;
+        readable("sslkey", key)?;
+        builder
+            .set_certificate_chain_file(cert)
+            .map_err(|e| usage("sslcert is not a PEM certificate", e))?;
+        builder
+            .set_private_key_file(key, SslFiletype::PEM)
+            .map_err(|e| usage("sslkey is not a PEM key", e))?;
+        builder
+            .check_private_key()
+            .map_err(|e| usage("sslkey does not match sslcert", e))?;
+    }
+    // libpq: prefer/require check nothing unless a root certificate is given,
+    // in which case require behaves as verify-ca.
+    let verify_chain = match mode {
+        TlsMode::Disable | TlsMode::Prefer => false,
+        TlsMode::Require => tls.root_cert.is_some(),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => true,
+    };
+    if !verify_chain {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    let verify_host = mode == TlsMode::VerifyFull;
+    connector.set_callback(move |config, _host| {
+        config.set_verify_hostname(verify_host);
+        Ok(())
+    });
+    Ok(connector)
 }
 
 /// The error and its causes on one line, each said once: OpenSSL's causes repeat
