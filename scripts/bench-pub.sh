@@ -54,7 +54,6 @@ PUB_ONCE=(env -u TARGET -u PATTERN -u SHARD -u MAX_BODY_BYTES -u RUST_LOG "$BIN"
 STAMP=$(date +%s)
 
 WORK=""
-NGINX_PID=""
 DELAY_SERVER_PID=""
 STACK_STARTED=()   # stack components this script started, stopped again at exit
 TABLES=()          # tables created by `sub`, dropped at exit unless kept
@@ -64,6 +63,9 @@ warn() { echo "bench: WARNING: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 now_ns() { date +%s%N; }
+
+# shellcheck source=scripts/bench-nginx.sh
+source "$REPO/scripts/bench-nginx.sh"
 
 # ------------------------------------------------------------------ cleanup
 
@@ -143,49 +145,13 @@ wait_for_port() { # port what
     die "$2 did not listen on 127.0.0.1:$1"
 }
 
-# A private nginx: its own prefix, config, pid and logs under $WORK, in the
-# foreground of a background job so its pid is ours to kill. Every path
-# answers 200 "ok". keepalive_timeout 0 makes nginx close each connection
-# itself, for pub and ab alike, so TIME_WAIT sockets pile up on the server's
-# side and the clients never run short of ephemeral ports.
+# A private nginx (scripts/bench-nginx.sh) under $WORK.
 start_nginx() { # port
-    local port=$1 dir=$WORK/nginx
-    mkdir -p "$dir/tmp"
-    cat >"$dir/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 0;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        default_type text/plain;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-    # -e: nginx opens its error log before reading the config; keep it private too.
-    /usr/sbin/nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" &
-    NGINX_PID=$!
-    wait_for_port "$port" nginx
-    log "nginx (pid $NGINX_PID) on 127.0.0.1:$port"
+    bench_nginx_start "$WORK/nginx" "$1" || die "nginx did not listen on 127.0.0.1:$1"
+    log "nginx (pid $NGINX_PID) on 127.0.0.1:$1"
 }
 
-# SIGTERM is nginx's fast shutdown: the master stops its workers, then exits.
-stop_nginx() {
-    [[ -n $NGINX_PID ]] || return 0
-    kill "$NGINX_PID" 2>/dev/null || true
-    wait "$NGINX_PID" 2>/dev/null || true
-    NGINX_PID=""
-}
+stop_nginx() { bench_nginx_stop; }
 
 # The delaying server: examples/delay_server.rs, a thread per connection that
 # sleeps exactly ?ms=D milliseconds before answering 200. Python servers tried
