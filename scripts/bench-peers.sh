@@ -228,7 +228,10 @@ debezium_fetch() {
 exporter_fetch() {
     local module=github.com/prometheus/blackbox_exporter dir why
     EXPORTER_BIN=$EXPORTER_HOME/blackbox_exporter
-    [[ -x $EXPORTER_BIN ]] && return 0
+    if [[ -x $EXPORTER_BIN ]]; then
+        EXPORTER_NOTE=$(cat "$EXPORTER_HOME/built-by" 2>/dev/null || echo "")
+        return 0
+    fi
     if ! command -v go >/dev/null; then
         EXPORTER_WHY="go is not installed, so blackbox_exporter cannot be built"
         return 1
@@ -236,9 +239,12 @@ exporter_fetch() {
     mkdir -p "$EXPORTER_HOME"
     log "building blackbox_exporter $EXPORTER_VERSION with go install (first run only)"
     if GOBIN=$EXPORTER_HOME go install "$module@v$EXPORTER_VERSION" >"$EXPORTER_HOME/go.log" 2>&1; then
+        echo "built by go install $module@v$EXPORTER_VERSION" >"$EXPORTER_HOME/built-by"
         return 0
     fi
-    why=$(grep -v '^go: downloading' "$EXPORTER_HOME/go.log" | head -n 2 | tr '\n' ' ')
+    # The proxy's address stays out of the figures, which may be pasted anywhere.
+    why=$(grep -v '^go: downloading' "$EXPORTER_HOME/go.log" | head -n 2 | tr '\n\t' '  ' |
+        sed -E 's#https?://[^/ ]+/#<GOPROXY>/#g; s/ +/ /g; s/ $//')
     # go install PKG@VERSION also reads the module's list of versions, to look
     # for a deprecation notice; a proxy may refuse that list and still serve
     # the version itself, which can then be built as its own main module.
@@ -248,6 +254,7 @@ exporter_fetch() {
         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') && [[ -n $dir ]] &&
         (cd "$dir" && go build -trimpath -o "$EXPORTER_BIN" .) >>"$EXPORTER_HOME/go.log" 2>&1; then
         EXPORTER_NOTE="go install failed ($why); built from \`go mod download\` + \`go build\` of the same version instead"
+        echo "$EXPORTER_NOTE" >"$EXPORTER_HOME/built-by"
         return 0
     fi
     EXPORTER_WHY="go install failed ($why), and so did go mod download + go build (log: $EXPORTER_HOME/go.log)"
@@ -634,16 +641,27 @@ $rows $distinct $((rows - distinct)) $((N - distinct))" >>"$WORK/crash-runs"
 }
 
 # min / median / max of one field over a contender's runs: the unflagged ones,
-# or all when every run was flagged (then marked "all flagged").
+# or all of them when every one was flagged (runs_used says which).
 spread() { # file label field format
     awk -v l="$2" -v f="$3" -v fmt="$4" '
         $1 == l && $NF != "failed" { all[++na] = $f; if ($NF == "-") ok[++no] = $f }
         END {
-            if (no) { for (i = 1; i <= no; i++) v[i] = ok[i]; n = no; note = "" }
-            else { for (i = 1; i <= na; i++) v[i] = all[i]; n = na; note = na ? " (all flagged)" : "" }
+            if (no) { for (i = 1; i <= no; i++) v[i] = ok[i]; n = no }
+            else { for (i = 1; i <= na; i++) v[i] = all[i]; n = na }
             if (!n) { print "?"; exit }
             for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] + 0 > x + 0; j--) v[j + 1] = v[j]; v[j + 1] = x }
-            printf fmt " / " fmt " / " fmt "%s", v[1], v[int((n + 1) / 2)], v[n], note
+            printf fmt " / " fmt " / " fmt, v[1], v[int((n + 1) / 2)], v[n]
+        }' "$1"
+}
+
+# Which of a contender's runs spread used, in words.
+runs_used() { # file label
+    awk -v l="$2" '
+        $1 == l { runs++; if ($NF == "failed") failed++; else if ($NF == "-") ok++; else flagged++ }
+        END {
+            if (ok) text = ok " unflagged"; else if (flagged) text = "all " flagged ", every one flagged"; else text = "none"
+            if (failed) text = text ", " failed " failed"
+            print text
         }' "$1"
 }
 
@@ -655,6 +673,7 @@ sink_part() {
     TAIL=$((N < PRODUCER_TARGETS ? N : PRODUCER_TARGETS))
     connect_fetch
     debezium_fetch
+    JAVA_VERSION=$(java -version 2>&1 | sed -n '1s/^[^"]*"\([^"]*\)".*/Java \1/p')
     # Connect's JDBC settings, from the DSN the stack printed.
     dsn_field() { sed -n "s/.*\b$1=\([^ ']*\).*/\1/p" <<<"$POSTGRESQL_DSN"; }
     PG_HOST=$(dsn_field host) PG_PORT=$(dsn_field port) PG_DB=$(dsn_field dbname)
@@ -707,7 +726,7 @@ $N results on $PARTITIONS partitions, the same ones (ids included) in two topics
 sub reads them as pub publishes them ($plain_size bytes a message); Connect reads them
 wrapped in JsonConverter's schema envelope ($envelope_size bytes a message), which
 value.converter.schemas.enable=true needs so that the sink knows each column's type.
-Connect: connect-standalone, one worker, ${CONNECT_JVM[*]:0:2}; the sink with
+Connect: connect-standalone, one worker, on $JAVA_VERSION with ${CONNECT_JVM[*]:0:2}; the sink with
 tasks.max=$CONNECT_TASKS, insert.mode=insert, batch.size=$CONNECT_BATCH,
 dialect.postgres.unnest.insert.enabled=true, consumer max.poll.records=$CONNECT_BATCH.
 sub: \`metrics-flow sub\` with its defaults (batches of 5000).
@@ -731,10 +750,10 @@ EOF
     echo
     echo "min / median / max:"
     echo
-    echo "| contender | wall s | rows/s | CPU s | CPU us/row | RSS MiB | PostgreSQL CPU s | Kafka CPU s |"
-    echo "|:----------|-------:|-------:|------:|-----------:|--------:|-----------------:|------------:|"
+    echo "| contender | runs used | wall s | rows/s | CPU s | CPU us/row | RSS MiB | PostgreSQL CPU s | Kafka CPU s |"
+    echo "|:----------|:----------|-------:|-------:|------:|-----------:|--------:|-----------------:|------------:|"
     for label in sub connect; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$(runs_used "$WORK/sink-runs" "$label")" \
             "$(spread "$WORK/sink-runs" "$label" 3 %.2f)" "$(spread "$WORK/sink-runs" "$label" 6 %.0f)" \
             "$(spread "$WORK/sink-runs" "$label" 7 %.2f)" "$(spread "$WORK/sink-runs" "$label" 8 %.1f)" \
             "$(spread "$WORK/sink-runs" "$label" 9 %.0f)" "$(spread "$WORK/sink-runs" "$label" 10 %.2f)" \
@@ -876,7 +895,7 @@ exporter_run() { # round
 }
 
 probe_part() {
-    local round label order stored client
+    local round label order stored client phase
     if ! exporter_fetch; then
         warn "no blackbox_exporter: $EXPORTER_WHY"
         cat <<EOF
@@ -948,13 +967,17 @@ EOF
     echo
     echo "min / median / max:"
     echo
-    echo "| contender | wall s | checks/s | CPU ms/1000 | RSS MiB | client CPU ms/1000 | Kafka CPU ms/1000 |"
-    echo "|:----------|-------:|---------:|------------:|--------:|-------------------:|------------------:|"
+    echo "| contender | runs used | wall s | checks/s | checks-phase /s | CPU ms/1000 | RSS MiB | client CPU ms/1000 | Kafka CPU ms/1000 |"
+    echo "|:----------|:----------|-------:|---------:|----------------:|------------:|--------:|-------------------:|------------------:|"
     for label in pub exporter; do
-        client=-
-        [[ $label == pub ]] || client=$(spread "$WORK/probe-runs" "$label" 8 %.0f)
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
-            "$(spread "$WORK/probe-runs" "$label" 3 %.2f)" "$(spread "$WORK/probe-runs" "$label" 4 %.0f)" \
+        phase=- client=-
+        if [[ $label == pub ]]; then
+            phase=$(spread "$WORK/probe-runs" "$label" 5 %.0f)
+        else
+            client=$(spread "$WORK/probe-runs" "$label" 8 %.0f)
+        fi
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$(runs_used "$WORK/probe-runs" "$label")" \
+            "$(spread "$WORK/probe-runs" "$label" 3 %.2f)" "$(spread "$WORK/probe-runs" "$label" 4 %.0f)" "$phase" \
             "$(spread "$WORK/probe-runs" "$label" 6 %.0f)" "$(spread "$WORK/probe-runs" "$label" 7 %.1f)" \
             "$client" "$(spread "$WORK/probe-runs" "$label" 9 %.0f)"
     done
@@ -971,7 +994,7 @@ How the two differ here:
   CPU is in the client column and in neither contender's own.
 - Both open a new connection to nginx per check (nginx closes each one); the
   exporter's client keeps its own connections to the exporter open.
-${EXPORTER_NOTE:+- blackbox_exporter: $EXPORTER_NOTE.}
+- blackbox_exporter: ${EXPORTER_NOTE:-built by hand before this script could say how}.
 EOF
 }
 
