@@ -31,7 +31,8 @@
 #
 # The first run fetches Kafka Connect's jars and Debezium's plugin archive from
 # Maven Central into .cache/ (as scripts/stack.sh does Kafka's) and builds
-# blackbox_exporter with Go. A default run takes about ten minutes here.
+# blackbox_exporter with Go. A default run then takes about five minutes here
+# on a quiet machine, 70 s of it Connect's restart after the crash.
 #
 # Environment (all optional):
 #   BENCH_MESSAGES       200000   results for part 1
@@ -1027,7 +1028,8 @@ main() {
     echo "# metrics-flow against its peers"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "$ROUNDS round(s); the contender that goes first alternates; flagged runs (!) are left out of min / median / max."
+    echo "$ROUNDS round(s); the contender that goes first alternates; flagged runs (!) are left out of min / median / max"
+    echo "(the median of an even count is the lower middle one)."
     for part in $PARTS; do "${part}_part"; done
     echo
     echo "total benchmark time: $((SECONDS - started)) s, load average now $(cut -d' ' -f1-3 /proc/loadavg), $(ticks_seconds $(($(steal_ticks) - steal0))) s stolen by the hypervisor"
