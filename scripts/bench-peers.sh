@@ -87,8 +87,6 @@ CACHE=$(mkdir -p "${MF_CACHE_DIR:-$REPO/.cache}" && cd "${MF_CACHE_DIR:-$REPO/.c
 CONNECT_HOME=$CACHE/connect-$KAFKA_VERSION
 DEBEZIUM_HOME=$CACHE/debezium-jdbc-$DEBEZIUM_VERSION
 EXPORTER_HOME=$CACHE/blackbox_exporter-$EXPORTER_VERSION
-PGDATA_DIR=${MF_STACK_DIR:-$REPO/.stack}/pg/data
-HZ=$(getconf CLK_TCK)
 # Every result of produce_checks.rs is for one of 50 targets, in turn.
 PRODUCER_TARGETS=50
 # As Kafka's connect-standalone.sh and kafka-run-class.sh start a worker.
@@ -274,32 +272,10 @@ wait_for_port() { # port what pid
 
 # ------------------------------------------------------------- measurement
 
-# CPU ticks of the given processes and all their descendants: each one's own
-# (every thread) and what it reaped of its children (cutime, cstime), so that
-# whatever ran under them counts once, live or gone. Fields after the command
-# name, which may hold spaces: 2 ppid, 12 utime, 13 stime, 14 cutime, 15 cstime.
-tree_ticks() { # pid...
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$*" '
-        { pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
-          parent[pid] = f[2]; spent[pid] = f[12] + f[13] + f[14] + f[15] }
-        END {
-            n = split(roots, r, " ")
-            for (i = 1; i <= n; i++) root[r[i]] = 1
-            for (p in parent) {
-                q = p
-                while (!(q in root) && (q in parent) && q > 1) q = parent[q]
-                if (q in root) total += spent[p]
-            }
-            print total + 0
-        }'
-}
-
 # Busy ticks of the whole machine: user, nice, system, irq, softirq. Steal is
 # another guest's, not a process here.
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
 steal_ticks() { awk '/^cpu / { print $9; exit }' /proc/stat; }
-
-postmaster_pid() { head -n 1 "$PGDATA_DIR/postmaster.pid"; }
 
 # What counts as ours: this script and everything it started, the broker, and
 # PostgreSQL with its backends.

@@ -7,7 +7,10 @@
 #   2. baseline, after each sub run: the same rows, written to a CSV file by the
 #      server and loaded with server-side `COPY ... FROM '<file>'` (as the
 #      superuser, no client in the path) into an empty table identical to the one
-#      sub filled: same columns, indexes and day partitions.
+#      sub filled: same columns, indexes and day partitions. Then the same file
+#      again through `psql \copy` (the client reads it and streams CSV), which
+#      is what earlier figures compared against. PostgreSQL's and the broker's CPU
+#      (/proc, their whole process trees) are taken around each run.
 #   3. latency: `sub` runs continuously while `pub` checks two URLs of a local
 #      web page, each every BENCH_INTERVAL (0.1) s, for BENCH_SECONDS (30) s;
 #      p50 and p99 of received_at - checked_at, computed in PostgreSQL.
@@ -91,6 +94,7 @@ trap cleanup EXIT
 
 superuser_sql() { bash scripts/stack.sh psql -d "$(sql 'SELECT current_database()')" -Atc "$1"; }
 
+kafka_pid=$(bash scripts/stack.sh node-pid 1)
 run=$(date +%Y%m%d%H%M%S)_$$
 topic=bench_$run
 
@@ -111,11 +115,13 @@ copy_identical() {
     fi
 }
 
-# throughput LABEL ROUND: sub --once into a new table, then the COPY baseline;
-# appends "label wall steady rss_mib copy batches cpu" to $work/runs.
+# throughput LABEL ROUND: sub --once into a new table, then the COPY baselines;
+# appends "label wall steady rss_mib copy batches cpu pg_cpu kafka_cpu copy_pg_cpu
+# psql_copy" to $work/runs.
 throughput() {
     local label=$1 round=$2
     local table=${topic}_${label}_$round started finished wall rows rss_kb steady batches copy copied cpu
+    local pg_before pg_after kafka_before kafka_after pg_cpu kafka_cpu copy_pg_cpu psql_copy
     local extra=()
     read -ra extra <<<"${extra_args[$label]:-}"
     log "round $round: $label sub --once on $N messages into $table"
@@ -123,11 +129,17 @@ throughput() {
         bash scripts/scrape-loop.sh "$METRICS_PORT" &
         scraper_pid=$!
     fi
+    pg_before=$(tree_ticks "$(postmaster_pid)")
+    kafka_before=$(tree_ticks "$kafka_pid")
     started=$(now)
     /usr/bin/time -v -o "$work/time.txt" "${binary[$label]}" sub --once --topic "$topic" \
         --table "$table" --group "$table" "${SUB_ARGS[@]}" "${extra[@]}" 2>"$work/sub.log" ||
         { tail -n 30 "$work/sub.log" >&2; exit 1; }
     finished=$(now)
+    pg_after=$(tree_ticks "$(postmaster_pid)")
+    kafka_after=$(tree_ticks "$kafka_pid")
+    pg_cpu=$(ticks_between "$pg_before" "$pg_after")
+    kafka_cpu=$(ticks_between "$kafka_before" "$kafka_after")
     if [[ -n $scraper_pid ]]; then
         kill "$scraper_pid"
         wait "$scraper_pid" 2>/dev/null || true
@@ -146,14 +158,29 @@ throughput() {
     log "round $round: baseline, server-side COPY of the same rows into ${table}_copy"
     superuser_sql "COPY (SELECT * FROM $table) TO '$server_dir/rows.csv' WITH (FORMAT csv)"
     copy_identical "$table" "${table}_copy"
+    pg_before=$(tree_ticks "$(postmaster_pid)")
     started=$(now)
     superuser_sql "COPY ${table}_copy FROM '$server_dir/rows.csv' WITH (FORMAT csv)"
     finished=$(now)
+    copy_pg_cpu=$(ticks_between "$pg_before" "$(tree_ticks "$(postmaster_pid)")")
     copy=$(elapsed "$started" "$finished")
     copied=$(sql "SELECT count(*) FROM ${table}_copy")
     [[ $copied == "$N" ]] || { log "error: COPY loaded $copied rows, expected $N"; exit 1; }
     superuser_sql "DROP TABLE ${table}_copy"
-    echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches $cpu" >>"$work/runs"
+
+    # Earlier figures were against this one: the client reads the file and sends
+    # it as CSV text, which the server parses, as the server-side COPY does.
+    log "round $round: psql \\copy of the same CSV into ${table}_copy"
+    copy_identical "$table" "${table}_copy"
+    started=$(now)
+    psql "$POSTGRESQL_DSN" -X -q -v ON_ERROR_STOP=1 \
+        -c "\\copy ${table}_copy FROM '$server_dir/rows.csv' WITH (FORMAT csv)"
+    finished=$(now)
+    psql_copy=$(elapsed "$started" "$finished")
+    copied=$(sql "SELECT count(*) FROM ${table}_copy")
+    [[ $copied == "$N" ]] || { log "error: psql \\copy loaded $copied rows, expected $N"; exit 1; }
+    superuser_sql "DROP TABLE ${table}_copy"
+    echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches $cpu $pg_cpu $kafka_cpu $copy_pg_cpu $psql_copy" >>"$work/runs"
 }
 
 # ------------------------------------------------------ 1. and 2. throughput
@@ -165,7 +192,7 @@ log "producing $N messages (examples/produce_checks.rs, the crate's own message 
 "$producer" "$KAFKA_BROKER" "$topic" "$N"
 for ((round = 1; round <= ROUNDS; round++)); do
     order=("${labels[@]}")
-    if ((round % 2 == 0)); then order=($(printf '%s\n' "${labels[@]}" | tac)); fi
+    if ((round % 2 == 0)); then mapfile -t order < <(printf "%s\n" "${labels[@]}" | tac); fi
     for label in "${order[@]}"; do throughput "$label" "$round"; done
 done
 
@@ -231,9 +258,14 @@ $label
   sub, first to last batch               $(column "$label" 3 | spread) s   ($(column "$label" 6 | head -n 1) transactions)
   sub peak RSS                           $(column "$label" 4 | spread %d) MiB
   sub CPU (user + system)                $(column "$label" 7 | spread) s
+  PostgreSQL CPU during sub              $(column "$label" 8 | spread) s
+  Kafka broker CPU during sub            $(column "$label" 9 | spread) s
   server-side COPY, same rows and table  $(column "$label" 5 | spread) s
+  PostgreSQL CPU during that COPY        $(column "$label" 10 | spread) s
+  psql \\copy of the CSV (client-side)    $(column "$label" 11 | spread) s
   sub / COPY rate, wall                  $(ratios "$label" 2 5 | spread %d) %
   sub / COPY rate, first to last batch   $(ratios "$label" 3 5 | spread %d) %
+  sub / psql \\copy rate, wall            $(ratios "$label" 2 11 | spread %d) %
 EOF
 done
 if ((METRICS)); then
