@@ -20,8 +20,10 @@ HZ=$(getconf CLK_TCK)
 # (every thread) and what it reaped of its children (cutime, cstime), so that
 # whatever ran under them counts once, live or gone. Fields after the command
 # name, which may hold spaces: 2 ppid, 12 utime, 13 stime, 14 cutime, 15 cstime.
+# A process that ends between the glob and cat makes cat fail, which under
+# pipefail and set -e would end the benchmark; what is left is read all the same.
 tree_ticks() { # pid...
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$*" '
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
         { pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
           parent[pid] = f[2]; spent[pid] = f[12] + f[13] + f[14] + f[15] }
         END {
