@@ -28,8 +28,10 @@
 #   BENCH_METRICS=1 BENCH_ROUNDS=3 bash scripts/bench-sub.sh
 #
 # Extra `sub` flags (e.g. "--batch-size 20000") go in BENCH_SUB_ARGS, for every
-# contender. Every run uses new topics and tables, so the script can be run again
-# on the same stack. The stack keeps running; `scripts/stack.sh stop` stops it.
+# contender. Every run uses new topics and tables, and drops them when done (a
+# table right after its run, so autovacuum never works on one while another run
+# is timed; each timed step also waits for autovacuum to be idle). The stack
+# keeps running; `scripts/stack.sh stop` stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -89,6 +91,11 @@ cleanup() {
     [[ -n $scraper_pid ]] && kill "$scraper_pid" 2>/dev/null || true
     [[ -n $site_pid ]] && kill "$site_pid" 2>/dev/null || true
     rm -rf "$work" "$server_dir"
+    # The topics too: a broker that keeps every run's answers each later metadata
+    # request with a longer list.
+    [[ -n ${topic:-} ]] && bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BROKER" --delete --if-exists --topic "$topic.*" >/dev/null 2>&1 || true
+    [[ -n ${ltable:-} ]] && drop_results "$ltable" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -115,6 +122,18 @@ copy_identical() {
     fi
 }
 
+# Waits (up to a minute) until no autovacuum worker runs, so that none is timed
+# with the step that follows; says so when one outlasts the wait.
+autovacuum_idle() {
+    local i workers
+    for ((i = 0; i < 600; i++)); do
+        workers=$(superuser_sql "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
+        ((workers == 0)) && return 0
+        sleep 0.1
+    done
+    log "warning: $workers autovacuum worker(s) still running after 60 s; timing anyway"
+}
+
 # throughput LABEL ROUND: sub --once into a new table, then the COPY baselines;
 # appends "label wall steady rss_mib copy batches cpu pg_cpu kafka_cpu copy_pg_cpu
 # psql_copy" to $work/runs.
@@ -129,6 +148,7 @@ throughput() {
         bash scripts/scrape-loop.sh "$METRICS_PORT" &
         scraper_pid=$!
     fi
+    autovacuum_idle
     pg_before=$(tree_ticks "$(postmaster_pid)")
     kafka_before=$(tree_ticks "$kafka_pid")
     started=$(now)
@@ -158,6 +178,7 @@ throughput() {
     log "round $round: baseline, server-side COPY of the same rows into ${table}_copy"
     superuser_sql "COPY (SELECT * FROM $table) TO '$server_dir/rows.csv' WITH (FORMAT csv)"
     copy_identical "$table" "${table}_copy"
+    autovacuum_idle
     pg_before=$(tree_ticks "$(postmaster_pid)")
     started=$(now)
     superuser_sql "COPY ${table}_copy FROM '$server_dir/rows.csv' WITH (FORMAT csv)"
@@ -172,6 +193,7 @@ throughput() {
     # it as CSV text, which the server parses, as the server-side COPY does.
     log "round $round: psql \\copy of the same CSV into ${table}_copy"
     copy_identical "$table" "${table}_copy"
+    autovacuum_idle
     started=$(now)
     psql "$POSTGRESQL_DSN" -X -q -v ON_ERROR_STOP=1 \
         -c "\\copy ${table}_copy FROM '$server_dir/rows.csv' WITH (FORMAT csv)"
@@ -180,6 +202,9 @@ throughput() {
     copied=$(sql "SELECT count(*) FROM ${table}_copy")
     [[ $copied == "$N" ]] || { log "error: psql \\copy loaded $copied rows, expected $N"; exit 1; }
     superuser_sql "DROP TABLE ${table}_copy"
+    # Before autovacuum takes them up: a worker vacuuming 200,000 rows during the
+    # next timed run would be timed with it.
+    drop_results "$table"
     echo "$label $wall $steady $((rss_kb / 1024)) $copy $batches $cpu $pg_cpu $kafka_cpu $copy_pg_cpu $psql_copy" >>"$work/runs"
 }
 
