@@ -26,7 +26,7 @@ use checkers::{Checker, CheckerPool, Origin};
 use fleet::member::Member;
 use metrics::PubMetrics;
 use probe::Probe;
-use producer::{DeliveryCounter, DeliveryReports, Publisher};
+use producer::{DeliveryCounter, DeliveryReports, Publisher, TopicSetup};
 use schedule::Dispatcher;
 use targets::Target;
 
@@ -58,7 +58,8 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(PubMetrics::new());
     let kafka_link = Link::new("Kafka");
     let context = DeliveryCounter::new(&metrics, &kafka_link);
-    let producer = Arc::new(producer::connect_producer(&args, &shutdown, context)?);
+    let (producer, cluster) = producer::connect_producer(&args, &shutdown, context)?;
+    let producer = Arc::new(producer);
     let checkers = match &args.targets_topic {
         Some(_) => usize::from(args.concurrency),
         // A checker beyond one per target would never have work.
@@ -83,7 +84,12 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         })
         .collect();
     let dispatcher = Arc::new(Dispatcher::new(work, args.once));
-    let publisher = Arc::new(Publisher::new(Arc::clone(&producer), &args.kafka.topic));
+    let publisher = Arc::new(Publisher::new(
+        Arc::clone(&producer),
+        &args.kafka.topic,
+        !cluster.knows(&args.kafka.topic),
+        args.queue_max,
+    ));
     let reports = DeliveryReports::serve(Arc::clone(&producer));
     if let Some(listener) = listener {
         endpoint::serve(
@@ -110,10 +116,8 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         },
     ));
     say_what_a_forced_exit_abandons(&shutdown, &pool, &publisher);
-    // After the checkers start: the lookup needs librdkafka's connection to the broker
-    // itself, which the broker wait did not need when the bootstrap connection
-    // answered it, and results can queue meanwhile.
-    producer::log_topic_layout(&producer, &args.kafka.topic);
+    // After the checkers start, so the first checks do not wait for the topic.
+    let topic_setup = TopicSetup::start(&args, cluster, &publisher)?;
     let member = match &args.targets_topic {
         Some(topic) => Some(Member::join(
             &args,
@@ -133,6 +137,7 @@ pub fn run(args: PubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         args.timeout,
         member,
     );
+    topic_setup.join();
     // Reports are still served during the final flush, which waits for them.
     let finished = publisher.finish(args.flush_timeout);
     drop(reports);

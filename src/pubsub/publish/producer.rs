@@ -29,12 +29,17 @@ const REPORT_WINDOW: Duration = Duration::from_secs(1);
 
 pub type ResultProducer = BaseProducer<DeliveryCounter>;
 
-/// A producer whose brokers have answered, with the topic created if it was missing.
+/// A result that does not fit: what librdkafka says of a full queue, so that the held
+/// ones are dropped and logged alike.
+const QUEUE_FULL: KafkaError = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+
+/// A producer whose brokers have answered, and what they said: whether the results
+/// topic exists is for [`TopicSetup`].
 pub fn connect_producer(
     args: &PubArgs,
     shutdown: &Shutdown,
     context: DeliveryCounter,
-) -> anyhow::Result<ResultProducer> {
+) -> anyhow::Result<(ResultProducer, kafka::Reached)> {
     let producer = build_producer(args, context)?;
     let cluster = kafka::wait_for_brokers(
         producer.client(),
@@ -42,21 +47,66 @@ pub fn connect_producer(
         &args.kafka,
         shutdown,
     )?;
-    let layout = kafka::TopicLayout {
-        name: &args.kafka.topic,
-        partitions: args.partitions.unwrap_or(-1),
-        replication: args.replication_factor,
-        config: &[],
-    };
-    kafka::ensure_topic(&args.kafka, &cluster, &layout)?;
-    Ok(producer)
+    Ok((producer, cluster))
+}
+
+/// Creates the results topic if it is missing, on a thread of its own while the first
+/// checks run, then lets their held results go to librdkafka. On a broker started just
+/// before, creating the topic took 133-140 ms, about as long as checking 2,000 targets;
+/// the checks waited for it before.
+pub struct TopicSetup {
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TopicSetup {
+    pub fn start(
+        args: &PubArgs,
+        cluster: kafka::Reached,
+        publisher: &Arc<Publisher>,
+    ) -> anyhow::Result<TopicSetup> {
+        let kafka_args = args.kafka.clone();
+        let partitions = args.partitions.unwrap_or(-1);
+        let replication = args.replication_factor;
+        let publisher = Arc::clone(publisher);
+        let thread = thread::Builder::new()
+            .name("topic-setup".into())
+            .spawn(move || {
+                let layout = kafka::TopicLayout {
+                    name: &kafka_args.topic,
+                    partitions,
+                    replication,
+                    config: &[],
+                };
+                if let Err(error) = kafka::ensure_topic(&kafka_args, &cluster, &layout) {
+                    log::warn!(
+                        "could not create topic {}: {error:#}; going on: the broker may create it on first write",
+                        kafka_args.topic
+                    );
+                }
+                publisher.release_held();
+                log_topic_layout(&publisher.producer, &kafka_args.topic);
+            })
+            .context("starting the topic set-up thread")?;
+        Ok(TopicSetup {
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until the topic is set up and the held results are with librdkafka.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            // A panic there was reported on its own thread; the results it held are
+            // counted as waiting, so the final summary says they were not delivered.
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Logs the topic's partition count. Asking matters beyond the log line: librdkafka
 /// retries getting its idempotent producer id on each metadata answer, and its first
 /// try, sent while it swaps the bootstrap connection for the broker's own, sometimes
 /// fails and would otherwise wait out a 500 ms timer with every result held back.
-pub fn log_topic_layout(producer: &ResultProducer, topic: &str) {
+fn log_topic_layout(producer: &ResultProducer, topic: &str) {
     match kafka::partition_count(producer.client(), topic, Duration::from_secs(5)) {
         Ok(0) => log::info!("publishing to {topic}, which the brokers do not list yet"),
         Ok(partitions) => log::info!("publishing to {topic} ({partitions} partition(s))"),
@@ -160,12 +210,24 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
+/// A result ready for the producer: its key (the target) and its message.
+type Encoded = (String, Vec<u8>);
+
 /// Queues results for Kafka; shared by the checker threads.
 pub struct Publisher {
     producer: Arc<ResultProducer>,
     topic: String,
-    /// Results the producer took; each ends up delivered or failed in its context.
+    /// Results taken: by the producer, each to end up delivered or failed in its
+    /// context, or held below.
     queued: AtomicU64,
+    /// Until the results topic is set up ([`TopicSetup`]), the results made meanwhile,
+    /// keyed by target and in order; `None` once they went to the producer. Held, not
+    /// sent: a producer's metadata request for a missing topic has the broker create it
+    /// with the broker's defaults, not the layout pub asks for.
+    held: Mutex<Option<Vec<Encoded>>>,
+    /// At most this many are held (--queue-max); beyond, a result is dropped as on a
+    /// full producer queue.
+    hold_max: usize,
     /// Drops are logged once per throttle window, by kind: one line per check would
     /// flood the log for as long as Kafka is away.
     drop_log: Mutex<Throttle<String>>,
@@ -201,13 +263,21 @@ impl Progress {
 }
 
 impl Publisher {
-    pub fn new(producer: Arc<ResultProducer>, topic: &str) -> Publisher {
+    /// `hold`: results wait in the publisher until [`Publisher::release_held`].
+    pub fn new(
+        producer: Arc<ResultProducer>,
+        topic: &str,
+        hold: bool,
+        queue_max: u32,
+    ) -> Publisher {
         let metrics = Arc::clone(&producer.context().metrics);
         Publisher {
             metrics,
             producer,
             topic: topic.to_owned(),
             queued: AtomicU64::new(0),
+            held: Mutex::new(hold.then(Vec::new)),
+            hold_max: queue_max as usize,
             drop_log: Mutex::default(),
             progress: Progress::default(),
         }
@@ -264,13 +334,51 @@ impl Publisher {
             result.latency_ms.unwrap_or(f64::NAN)
         );
         let payload = result.encode();
-        let record = BaseRecord::to(&self.topic)
-            .key(result.target.as_str())
-            .payload(&payload);
-        let Err((error, _)) = self.producer.send(record) else {
+        {
+            let mut held = lock(&self.held);
+            if let Some(held) = held.as_mut() {
+                if held.len() < self.hold_max {
+                    held.push((result.target.clone(), payload));
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.dropped(&result.target, QUEUE_FULL);
+                }
+                return;
+            }
+        }
+        if self.send(&result.target, &payload) {
             self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the held results to the producer, and every later one straight to it.
+    /// They go under the lock, so no later result of a target overtakes a held one.
+    pub fn release_held(&self) {
+        let mut held = lock(&self.held);
+        let Some(results) = held.take() else {
             return;
         };
+        for (target, payload) in results {
+            // Counted when held; a drop now takes it back.
+            if !self.send(&target, &payload) {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether the producer took it; a result it refused is counted and logged as dropped.
+    fn send(&self, target: &str, payload: &[u8]) -> bool {
+        let record = BaseRecord::to(&self.topic).key(target).payload(payload);
+        match self.producer.send(record) {
+            Ok(()) => true,
+            Err((error, _)) => {
+                self.dropped(target, error);
+                false
+            }
+        }
+    }
+
+    fn dropped(&self, target: &str, error: KafkaError) {
         self.metrics.results_dropped.inc();
         let dropped = self.metrics.results_dropped.get();
         let kind = format!("{:?}", error.rdkafka_error_code());
@@ -279,12 +387,10 @@ impl Publisher {
         }
         match error {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => log::error!(
-                "producer queue full (Kafka unreachable?): dropped the result for {} ({dropped} dropped so far)",
-                result.target
+                "producer queue full (Kafka unreachable?): dropped the result for {target} ({dropped} dropped so far)"
             ),
             error => log::error!(
-                "could not queue the result for {}: {error} ({dropped} dropped so far)",
-                result.target
+                "could not queue the result for {target}: {error} ({dropped} dropped so far)"
             ),
         }
     }
@@ -318,5 +424,68 @@ impl DeliveryReports {
 impl Drop for DeliveryReports {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+
+    /// A real producer with no broker to try, so whatever it took stays in its queue,
+    /// where it can be counted, and no connection error is queued beside it.
+    fn offline_publisher(hold: bool, queue_max: u32) -> Publisher {
+        let metrics = Arc::new(PubMetrics::new());
+        let context = DeliveryCounter::new(&metrics, &Link::new("Kafka"));
+        let producer: ResultProducer = ClientConfig::new()
+            .create_with_context(context)
+            .expect("creating an offline producer");
+        Publisher::new(Arc::new(producer), "results", hold, queue_max)
+    }
+
+    /// Results in the producer's queue: its length, once the log events queued beside
+    /// them (a producer without brokers warns of it) are served.
+    fn taken(publisher: &Publisher) -> i32 {
+        publisher.producer.poll(Duration::ZERO);
+        publisher.producer.in_flight_count()
+    }
+
+    #[test]
+    fn held_results_reach_the_producer_only_when_released_and_in_order() {
+        let publisher = offline_publisher(true, 100);
+        let results: Vec<_> = (0..3).map(CheckResult::example).collect();
+        for result in &results {
+            publisher.publish(result);
+        }
+        assert_eq!(taken(&publisher), 0);
+        assert_eq!(publisher.waiting(), 3, "held results count as waiting");
+        publisher.release_held();
+        assert_eq!(taken(&publisher), 3);
+        assert_eq!(publisher.waiting(), 3);
+        publisher.publish(&CheckResult::example(3));
+        assert_eq!(taken(&publisher), 4, "sent once released");
+        assert_eq!(publisher.waiting(), 4);
+        assert_eq!(publisher.metrics.results_dropped.get(), 0);
+    }
+
+    #[test]
+    fn results_beyond_the_queue_limit_are_dropped_while_held() {
+        let publisher = offline_publisher(true, 2);
+        for n in 0..5 {
+            publisher.publish(&CheckResult::example(n));
+        }
+        assert_eq!(publisher.waiting(), 2);
+        assert_eq!(publisher.metrics.results_dropped.get(), 3);
+        publisher.release_held();
+        assert_eq!(taken(&publisher), 2);
+    }
+
+    #[test]
+    fn an_existing_topic_holds_nothing() {
+        let publisher = offline_publisher(false, 100);
+        publisher.publish(&CheckResult::example(0));
+        assert_eq!(taken(&publisher), 1);
+        publisher.release_held();
+        assert_eq!(taken(&publisher), 1);
     }
 }
