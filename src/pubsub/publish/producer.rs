@@ -35,19 +35,30 @@ const QUEUE_FULL: KafkaError = KafkaError::MessageProduction(RDKafkaErrorCode::Q
 
 /// A producer whose brokers have answered, and what they said: whether the results
 /// topic exists is for [`TopicSetup`].
-pub fn connect_producer(
-    args: &PubArgs,
-    shutdown: &Shutdown,
-    context: DeliveryCounter,
-) -> anyhow::Result<(ResultProducer, kafka::Reached)> {
-    let producer = build_producer(args, context)?;
-    let cluster = kafka::wait_for_brokers(
-        producer.client(),
-        || producer.poll(Duration::ZERO),
-        &args.kafka,
-        shutdown,
-    )?;
-    Ok((producer, cluster))
+/// A producer whose connection to the cluster has begun on librdkafka's threads; see
+/// [`StartedProducer::wait_for_cluster`].
+pub struct StartedProducer(ResultProducer);
+
+impl StartedProducer {
+    pub fn start(args: &PubArgs, context: DeliveryCounter) -> anyhow::Result<StartedProducer> {
+        build_producer(args, context).map(StartedProducer)
+    }
+
+    /// Waits for the cluster's first metadata answer.
+    pub fn wait_for_cluster(
+        self,
+        args: &PubArgs,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<(ResultProducer, kafka::Reached)> {
+        let producer = self.0;
+        let cluster = kafka::wait_for_brokers(
+            producer.client(),
+            || producer.poll(Duration::ZERO),
+            &args.kafka,
+            shutdown,
+        )?;
+        Ok((producer, cluster))
+    }
 }
 
 /// Creates the results topic if it is missing, on a thread of its own while the first
