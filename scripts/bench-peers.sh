@@ -94,9 +94,8 @@ CONNECT_JVM=(-Xms256M -Xmx2G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
     -Djava.awt.headless=true)
 
-log() { echo "bench: $*" >&2; }
-warn() { echo "bench: WARNING: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 # shellcheck source=scripts/bench-nginx.sh
 source scripts/bench-nginx.sh
@@ -619,7 +618,7 @@ $rows $distinct $((rows - distinct)) $((N - distinct))" >>"$WORK/crash-runs"
 
 # min / median / max of one field over a contender's runs: the unflagged ones,
 # or all of them when every one was flagged (runs_used says which).
-spread() { # file label field format
+runs_spread() { # file label field format
     awk -v l="$2" -v f="$3" -v fmt="$4" '
         $1 == l && $NF != "failed" { all[++na] = $f; if ($NF == "-") ok[++no] = $f }
         END {
@@ -631,7 +630,7 @@ spread() { # file label field format
         }' "$1"
 }
 
-# Which of a contender's runs spread used, in words.
+# Which of a contender's runs runs_spread used, in words.
 runs_used() { # file label
     awk -v l="$2" '
         $1 == l { runs++; if ($NF == "failed") failed++; else if ($NF == "-") ok++; else flagged++ }
@@ -731,10 +730,10 @@ EOF
     echo "|:----------|:----------|-------:|-------:|------:|-----------:|--------:|-----------------:|------------:|"
     for label in sub connect; do
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$(runs_used "$WORK/sink-runs" "$label")" \
-            "$(spread "$WORK/sink-runs" "$label" 3 %.2f)" "$(spread "$WORK/sink-runs" "$label" 6 %.0f)" \
-            "$(spread "$WORK/sink-runs" "$label" 7 %.2f)" "$(spread "$WORK/sink-runs" "$label" 8 %.1f)" \
-            "$(spread "$WORK/sink-runs" "$label" 9 %.0f)" "$(spread "$WORK/sink-runs" "$label" 10 %.2f)" \
-            "$(spread "$WORK/sink-runs" "$label" 11 %.2f)"
+            "$(runs_spread "$WORK/sink-runs" "$label" 3 %.2f)" "$(runs_spread "$WORK/sink-runs" "$label" 6 %.0f)" \
+            "$(runs_spread "$WORK/sink-runs" "$label" 7 %.2f)" "$(runs_spread "$WORK/sink-runs" "$label" 8 %.1f)" \
+            "$(runs_spread "$WORK/sink-runs" "$label" 9 %.0f)" "$(runs_spread "$WORK/sink-runs" "$label" 10 %.2f)" \
+            "$(runs_spread "$WORK/sink-runs" "$label" 11 %.2f)"
     done
     cat <<EOF
 
@@ -773,12 +772,6 @@ EOF
 # --------------------------------------------------------- part 2: probes
 
 # Milliseconds since the epoch of the first env_logger line holding TEXT.
-log_ms() { # log text
-    local stamp
-    stamp=$(grep -m1 -F "$2" "$1" | sed -n 's/^\[\([^ ]*\) .*/\1/p')
-    if [[ -n $stamp ]]; then date -d "$stamp" +%s%3N; else echo ""; fi
-}
-
 start_exporter() {
     cat >"$WORK/blackbox.yml" <<EOF
 modules:
@@ -949,14 +942,14 @@ EOF
     for label in pub exporter; do
         phase=- client=-
         if [[ $label == pub ]]; then
-            phase=$(spread "$WORK/probe-runs" "$label" 5 %.0f)
+            phase=$(runs_spread "$WORK/probe-runs" "$label" 5 %.0f)
         else
-            client=$(spread "$WORK/probe-runs" "$label" 8 %.0f)
+            client=$(runs_spread "$WORK/probe-runs" "$label" 8 %.0f)
         fi
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$(runs_used "$WORK/probe-runs" "$label")" \
-            "$(spread "$WORK/probe-runs" "$label" 3 %.2f)" "$(spread "$WORK/probe-runs" "$label" 4 %.0f)" "$phase" \
-            "$(spread "$WORK/probe-runs" "$label" 6 %.0f)" "$(spread "$WORK/probe-runs" "$label" 7 %.1f)" \
-            "$client" "$(spread "$WORK/probe-runs" "$label" 9 %.0f)"
+            "$(runs_spread "$WORK/probe-runs" "$label" 3 %.2f)" "$(runs_spread "$WORK/probe-runs" "$label" 4 %.0f)" "$phase" \
+            "$(runs_spread "$WORK/probe-runs" "$label" 6 %.0f)" "$(runs_spread "$WORK/probe-runs" "$label" 7 %.1f)" \
+            "$client" "$(runs_spread "$WORK/probe-runs" "$label" 9 %.0f)"
     done
     cat <<EOF
 

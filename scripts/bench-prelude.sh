@@ -3,7 +3,8 @@
 # missing, starts the local stack, builds the release binaries, and defines the
 # helpers they share. Expects to be sourced from the repository's root.
 
-log() { echo "bench: $*" >&2; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 sql() { psql "$POSTGRESQL_DSN" -X -q -v ON_ERROR_STOP=1 -Atc "$1"; }
 # drop_results TABLE: the results table and every table sub derives from it
 drop_results() { bash scripts/drop-results.sh "$1"; }

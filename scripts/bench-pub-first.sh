@@ -34,19 +34,10 @@ export MF_KAFKA_CONTROLLER_PORT=${MF_KAFKA_CONTROLLER_PORT:-39093}
 # BENCH_BIN: a binary to time instead of this tree's release build (not built then).
 BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow}
 
-log() { echo "bench: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
-# The millisecond stamp of the first log line holding the text, or nothing.
-log_ms() { # logfile text
-    local stamp
-    stamp=$(grep -m1 -F "$2" "$1" | sed -n 's/^\[\([^ ]*\) .*/\1/p')
-    if [[ -n $stamp ]]; then date -d "$stamp" +%s%3N; fi
-}
-# min / median / max of the numbers on stdin (the lower middle one for an even count)
-spread() { sort -g | awk -v f="%.0f" '{ v[NR] = $1 } END { printf f " / " f " / " f, v[1], v[int((NR + 1) / 2)], v[NR] }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 # shellcheck source=scripts/bench-nginx.sh
 source scripts/bench-nginx.sh
 WORK=$(mktemp -d)
@@ -124,10 +115,10 @@ each on a just-started broker; steady = the last $STEADY of $((WARM + STEADY)) m
 min / median / max
 
                  wall (ms)              setup (ms)          checks (ms)         flush (ms)        checks/s
-first   $(field first 3 | spread)   $(field first 4 | spread)   $(field first 5 | spread)   $(field first 6 | spread)   $(rates first | spread)
-steady  $(field steady 3 | spread)   $(field steady 4 | spread)   $(field steady 5 | spread)   $(field steady 6 | spread)   $(rates steady | spread)
-ab -n $TARGETS -c $CONCURRENCY: $(awk '{ print $3 }' "$WORK/ab" | spread) requests/s
-pub CPU (ms)    first $(field first 7 | spread)   steady $(field steady 7 | spread)
+first   $(field first 3 | spread %.0f)   $(field first 4 | spread %.0f)   $(field first 5 | spread %.0f)   $(field first 6 | spread %.0f)   $(rates first | spread %.0f)
+steady  $(field steady 3 | spread %.0f)   $(field steady 4 | spread %.0f)   $(field steady 5 | spread %.0f)   $(field steady 6 | spread %.0f)   $(rates steady | spread %.0f)
+ab -n $TARGETS -c $CONCURRENCY: $(awk '{ print $3 }' "$WORK/ab" | spread %.0f) requests/s
+pub CPU (ms)    first $(field first 7 | spread %.0f)   steady $(field steady 7 | spread %.0f)
 first / steady, rate at the medians: $(awk -v a="$first_median" -v b="$steady_median" 'BEGIN { printf "%.0f%%", 100 * a / b }')
 EOF
 echo

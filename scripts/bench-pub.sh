@@ -58,9 +58,8 @@ DELAY_SERVER_PID=""
 STACK_STARTED=()   # stack components this script started, stopped again at exit
 TABLES=()          # tables created by `sub`, dropped at exit unless kept
 
-log() { echo "bench: $*" >&2; }
-warn() { echo "bench: WARNING: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+source "$REPO/scripts/bench-lib.sh"
 
 now_ns() { date +%s%N; }
 
@@ -192,12 +191,6 @@ drop_tables() { # table
 
 # Milliseconds since the epoch of an env_logger line's timestamp, e.g.
 # "[2025-01-01T10:00:00.123Z INFO  metrics_flow::...] text".
-log_ms() { # logfile text
-    local stamp
-    stamp=$(grep -m1 -F "$2" "$1" | sed -n 's/^\[\([^ ]*\) .*/\1/p')
-    if [[ -n $stamp ]]; then date -d "$stamp" +%s%3N; else echo ""; fi
-}
-
 # Warn about every warning or error pub or sub logged: a benchmark of a run
 # that went wrong must not pass unnoticed. One warning is expected and left
 # out: with --once every target is due at the start, so whenever the targets
@@ -387,10 +380,6 @@ rate_of() { # count milliseconds
 }
 
 # The middle value of the numbers on stdin, one per line ("?" lines left out).
-median() {
-    grep -v -F '?' | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "?" }'
-}
-
 # pub runs alternate with ab runs, REPEAT pairs per row, so a busy moment on the
 # shared machine hits both sides. The table shows the median pub run and ab's median
 # rate, and the range of the pub/ab ratio over the single pairs. Lag, RSS and phases

@@ -51,9 +51,6 @@ now() { date +%s.%N; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else printf "n/a" }'; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # min / median / max of the numbers on stdin (the lower middle one for an even count)
-spread() { sort -g | awk -v f="${1:-%.2f}" '{ v[NR] = $1 } END { printf f " / " f " / " f, v[1], v[int((NR + 1) / 2)], v[NR] }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 # shellcheck source=scripts/bench-prelude.sh
 source scripts/bench-prelude.sh
 if [[ ! -x /usr/bin/time ]]; then
