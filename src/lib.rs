@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod logging;
 pub mod pubsub;
 pub mod retry;
 pub mod seconds;

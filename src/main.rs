@@ -13,9 +13,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_failure(&error),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    metrics_flow::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -66,9 +66,12 @@ fn checks_flow_from_pub_through_kafka_into_postgres() {
         "--target",
         &unresolvable,
     ]));
-    run_ok(
+    let sub = run_ok(
         metrics_flow(&stack, &topic).args(["sub", "--once", "--table", &table, "--group", &topic]),
     );
+    // A run that went well logs no error, from librdkafka or rdkafka's drop either.
+    let sub_log = String::from_utf8_lossy(&sub.stderr);
+    assert!(!sub_log.contains(" ERROR "), "{sub_log}");
 
     assert_eq!(stack.count(&table), 5);
     let row = row_for(&stack, &table, &ok);

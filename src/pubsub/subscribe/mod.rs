@@ -38,6 +38,7 @@ use sink::Sink;
 use writer::Keeping;
 
 use crate::cli::SubArgs;
+use crate::pubsub::kafka;
 use crate::pubsub::metrics::{self as endpoint, Link};
 use crate::pubsub::pgconn::PgConnector;
 use crate::shutdown::Shutdown;
@@ -96,16 +97,23 @@ pub fn run(args: SubArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             &args,
             &shutdown,
         )?;
-        match consumer::consume(&consumer, &args, &shutdown, membership) {
-            // Dropping the consumer leaves the group; its replacement joins afresh and
+        let ended = match consumer::consume(&consumer, &args, &shutdown, membership) {
+            // Closing the consumer leaves the group; its replacement joins afresh and
             // resumes from the offsets stored in PostgreSQL.
-            Ok(Ended::LeftGroup) => log::warn!(
-                "this consumer is no longer a member of group {} although the topic exists; rejoining",
-                args.group
-            ),
-            Ok(Ended::Finished) => break consumer.context().sink().flush(&consumer),
+            Ok(Ended::LeftGroup) => {
+                log::warn!(
+                    "this consumer is no longer a member of group {} although the topic exists; rejoining",
+                    args.group
+                );
+                None
+            }
+            Ok(Ended::Finished) => Some(consumer.context().sink().flush(&consumer)),
             // After a failure the batch in hand is not trusted; it will be re-read.
-            Err(error) => break Err(error),
+            Err(error) => Some(Err(error)),
+        };
+        kafka::close_consumer(&consumer);
+        if let Some(result) = ended {
+            break result;
         }
     };
     log::info!(

@@ -312,12 +312,13 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        // Closing the consumer (in its own drop) sends the broker a LeaveGroup, so the
-        // others take these targets at once rather than after the session timeout.
+        // Closing the consumer sends the broker a LeaveGroup, so the others take these
+        // targets at once rather than after the session timeout.
         log::info!(
             "leaving the fleet: {} targets go to the other pubs",
             self.scheduled.len()
         );
+        kafka::close_consumer(&self.consumer);
     }
 }
 
