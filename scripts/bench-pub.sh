@@ -223,12 +223,13 @@ create_topic() { # topic
 # Run pub --once under GNU time into a topic that exists already, as it does for
 # every run of pub but its first (creating it, about 0.2 s once, is not a
 # per-check cost); print
-# "wall_ms rss_kb cpu_ms setup_ms checks_ms flush_ms".
+# "wall_ms rss_kb cpu_ms setup_ms checks_ms flush_ms switches" (switches: the
+# context switches of all its threads, voluntary and not).
 # The wall time is the whole process, Kafka connection and final flush
 # included; the phases come from pub's own log timestamps (setup: start to
 # "checking", checks: to "flushing", flush: to "published").
 run_pub() { # targets-file concurrency topic [metrics]
-    local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu
+    local file=$1 concurrency=$2 topic=$3 out=$WORK/$3 start end rss cpu user sys slept preempted
     local checking flushing published start_ms extra=() scraper=
     if [[ ${4:-} == metrics ]]; then
         extra=(--metrics-listen "127.0.0.1:$METRICS_PORT")
@@ -236,7 +237,7 @@ run_pub() { # targets-file concurrency topic [metrics]
         scraper=$!
     fi
     start=$(now_ns)
-    if ! /usr/bin/time -f '%M %U %S' -o "$out.time" \
+    if ! /usr/bin/time -f '%M %U %S %w %c' -o "$out.time" \
         "${PUB_ONCE[@]}" --targets-file "$file" --concurrency "$concurrency" \
         --timeout 10 --topic "$topic" "${extra[@]}" 2>"$out.pub.log"; then
         warn "pub failed for $topic: $(tail -n 1 "$out.pub.log")"
@@ -248,16 +249,16 @@ run_pub() { # targets-file concurrency topic [metrics]
     fi
     check_log "$out.pub.log" "pub ($topic)"
     # On failure GNU time writes a line of its own first: the figures are last.
-    read -r rss cpu < <(tail -n 1 "$out.time")
-    cpu=$(cpu_ms "$cpu")
+    read -r rss user sys slept preempted < <(tail -n 1 "$out.time")
+    cpu=$(cpu_ms "$user $sys")
     start_ms=$((start / 1000000))
     checking=$(log_ms "$out.pub.log" "] checking ")
     flushing=$(log_ms "$out.pub.log" "] flushing ")
     published=$(log_ms "$out.pub.log" "] published ")
     if [[ -n $checking && -n $flushing && -n $published ]]; then
-        echo "$(((end - start) / 1000000)) $rss $cpu $((checking - start_ms)) $((flushing - checking)) $((published - flushing))"
+        echo "$(((end - start) / 1000000)) $rss $cpu $((checking - start_ms)) $((flushing - checking)) $((published - flushing)) $((slept + preempted))"
     else
-        echo "$(((end - start) / 1000000)) $rss $cpu ? ? ?"
+        echo "$(((end - start) / 1000000)) $rss $cpu ? ? ? $((slept + preempted))"
     fi
 }
 
@@ -284,12 +285,12 @@ check_rows() { # table expected
 }
 
 # ab's rate for the same request count and concurrency, without -k, on one
-# URL; print "requests_per_second cpu_ms".
+# URL; print "requests_per_second cpu_ms switches".
 run_ab() { # url count concurrency
-    local out=$WORK/ab.out failed non2xx rate
-    if ! /usr/bin/time -f '%U %S' -o "$out.time" ab -q -n "$2" -c "$3" "$1" >"$out" 2>&1; then
+    local out=$WORK/ab.out failed non2xx rate user sys slept preempted
+    if ! /usr/bin/time -f '%U %S %w %c' -o "$out.time" ab -q -n "$2" -c "$3" "$1" >"$out" 2>&1; then
         warn "ab -n $2 -c $3 failed: $(tail -n 1 "$out")"
-        echo "? ?"
+        echo "? ? ?"
         return
     fi
     failed=$(awk '/^Failed requests:/ { print $3 }' "$out")
@@ -298,7 +299,8 @@ run_ab() { # url count concurrency
         warn "ab -n $2 -c $3: $failed failed request(s), ${non2xx:-0} non-2xx"
     fi
     rate=$(awk '/^Requests per second:/ { printf "%.0f", $4 }' "$out")
-    echo "$rate $(cpu_ms "$(tail -n 1 "$out.time")")"
+    read -r user sys slept preempted < <(tail -n 1 "$out.time")
+    echo "$rate $(cpu_ms "$user $sys") $((slept + preempted))"
 }
 
 # The machine's CPU counters from /proc/stat: "busy steal total" in clock ticks.
@@ -355,24 +357,24 @@ measure_metrics() { # size concurrency topic
 }
 
 # One pub run and one ab run of the same size and concurrency, back to back; print
-# "wall rss cpu setup checks flush ab_rate ab_cpu topic", and with BENCH_METRICS
-# "metrics_wall metrics_cpu" after them.
+# "wall rss cpu setup checks flush ab_rate ab_cpu topic metrics_wall metrics_cpu
+# switches ab_switches" (the metrics run's figures are "- -" without BENCH_METRICS).
 measure_pair() { # nginx-port size concurrency repeat
     local port=$1 size=$2 concurrency=$3 topic=bench_pub_${STAMP}_$2_$3_$4
-    local wall rss cpu setup checks flush ab_rate ab_cpu with_metrics=
+    local wall rss cpu setup checks flush switches ab_rate ab_cpu ab_switches with_metrics="- -"
     log "pub: $size targets, concurrency $concurrency (pair $4 of $REPEAT)"
     if ((METRICS && $4 % 2 == 0)); then measure_metrics "$size" "$concurrency" "$topic" >"$WORK/with-metrics"; fi
     prime_topic "$topic"
-    read -r wall rss cpu setup checks flush < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
+    read -r wall rss cpu setup checks flush switches < <(run_pub "$WORK/targets-$size.txt" "$concurrency" "$topic")
     drain "$topic"
     check_rows "$topic" $((size + PRIME_TARGETS))
     if ((METRICS && $4 % 2 == 1)); then measure_metrics "$size" "$concurrency" "$topic" >"$WORK/with-metrics"; fi
     log "ab: $size requests, concurrency $concurrency"
-    read -r ab_rate ab_cpu < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
+    read -r ab_rate ab_cpu ab_switches < <(run_ab "http://127.0.0.1:$port/t/0" "$size" "$concurrency")
     log "  pub $(rate_of "$size" "$wall") checks/s, ab $ab_rate req/s, RSS $rss kB, wall $wall ms (setup $setup, checks $checks, flush $flush)"
     # Not in a subshell either, for the same reason: read back from a file.
     if ((METRICS)); then with_metrics=$(<"$WORK/with-metrics"); fi
-    echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic $with_metrics"
+    echo "$wall $rss $cpu $setup $checks $flush $ab_rate $ab_cpu $topic $with_metrics $switches $ab_switches"
 }
 
 rate_of() { # count milliseconds
@@ -389,7 +391,7 @@ rate_of() { # count milliseconds
 throughput() { # nginx-port
     local port=$1 size concurrency r pairs middle wall rss cpu setup checks flush
     local ab_rate ab_cpu topic rate ratio range lag_p50 lag_p99 lag_max check_rate
-    local medians cpu_per phase_ratio rows=() phases=() costs=()
+    local medians cpu_per phase_ratio switches ab_switches switches_per rows=() phases=() costs=()
     for size in $SIZES; do
         write_targets "$WORK/targets-$size.txt" "$size" "http://127.0.0.1:$port/t/"
         write_targets "$WORK/prime.txt" "$PRIME_TARGETS" "http://127.0.0.1:$port/prime/"
@@ -401,9 +403,10 @@ throughput() { # nginx-port
             done
             pairs=$(<"$WORK/pairs")
             middle=$(sort -n -k1,1 <<<"$pairs" | sed -n "$(((REPEAT + 1) / 2))p")
-            read -r wall rss cpu setup checks flush _ _ topic _ <<<"$middle"
+            read -r wall rss cpu setup checks flush _ _ topic _ _ switches _ <<<"$middle"
             ab_rate=$(awk '{ print $7 }' <<<"$pairs" | median)
             ab_cpu=$(awk '{ print $8 }' <<<"$pairs" | median)
+            ab_switches=$(awk '{ print $13 }' <<<"$pairs" | median)
             rate=$(rate_of "$size" "$wall")
             ratio=$(awk -v a="$rate" -v b="$ab_rate" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')
             range=$(awk -v n="$size" '$1 + 0 > 0 && $7 + 0 > 0 { printf "%.2f\n", n * 1000 / $1 / $7 }' <<<"$pairs" |
@@ -419,12 +422,15 @@ throughput() { # nginx-port
             phase_ratio=$(awk -v a="$check_rate" -v b="$ab_rate" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "?" }')
             # CPU per check / per request, in microseconds.
             cpu_per=$(awk -v n="$size" -v a="$cpu" -v b="$ab_cpu" 'BEGIN { printf "%.0f %.0f", a * 1000 / n, b * 1000 / n }')
+            # Context switches per check / per request: a blocked checker thread
+            # costs one each time, where ab's one thread waits on many sockets at once.
+            switches_per=$(awk -v n="$size" -v a="$switches" -v b="$ab_switches" 'BEGIN { printf "%.2f %.2f", a / n, b / n }')
             rows+=("$(printf '| %6s | %4s | %8s | %8s | %5s | %9s | %9s | %6.1f | %7s | %7s | %7s |' \
                 "$size" "$concurrency" "$rate" "$ab_rate" "$ratio" "$range" "$phase_ratio" \
                 "$(awk -v kb="$rss" 'BEGIN { print kb / 1024 }')" "$lag_p50" "$lag_p99" "$lag_max")")
-            # shellcheck disable=SC2086 # $medians, $cpu_per: numbers, split on purpose
-            phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s |' \
-                "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians $cpu_per)")
+            # shellcheck disable=SC2086 # $medians, $cpu_per, $switches_per: numbers, split on purpose
+            phases+=("$(printf '| %6s | %4s | %5s | %5s | %6s | %5s | %8s | %7s | %6s | %7s | %6s | %7s | %6s | %6s | %5s |' \
+                "$size" "$concurrency" "$wall" "$setup" "$checks" "$flush" "$check_rate" $medians $cpu_per $switches_per)")
             if ((METRICS)); then costs+=("$(metrics_cost_row "$size" "$concurrency" "$pairs")"); fi
         done
     done
@@ -444,10 +450,11 @@ throughput() { # nginx-port
     echo "Where the median pub run's wall time goes, from its log timestamps (setup: start"
     echo "to the first check, i.e. Kafka connection and topic lookup; checks; final flush),"
     echo "and the median phases of one check from the stored rows, all in ms; then CPU time"
-    echo "(user + system) per check of the whole pub process and per request of ab, in us."
+    echo "(user + system) per check of the whole pub process and per request of ab, in us,"
+    echo "and context switches (voluntary and not, all threads) per check and per request."
     echo
-    echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU |"
-    echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|--------:|-------:|"
+    echo "|   size | conc |  wall | setup | checks | flush | checks/s | latency |    dns | connect |   ttfb | pub CPU | ab CPU | pub cs | ab cs |"
+    echo "|-------:|-----:|------:|------:|-------:|------:|---------:|--------:|-------:|--------:|-------:|--------:|-------:|-------:|------:|"
     printf '%s\n' "${phases[@]}"
     if ((METRICS)); then
         echo
