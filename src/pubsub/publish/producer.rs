@@ -33,8 +33,6 @@ pub type ResultProducer = BaseProducer<DeliveryCounter>;
 /// ones are dropped and logged alike.
 const QUEUE_FULL: KafkaError = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
 
-/// A producer whose brokers have answered, and what they said: whether the results
-/// topic exists is for [`TopicSetup`].
 /// A producer whose connection to the cluster has begun on librdkafka's threads; see
 /// [`StartedProducer::wait_for_cluster`].
 pub struct StartedProducer(ResultProducer);
@@ -44,7 +42,8 @@ impl StartedProducer {
         build_producer(args, context).map(StartedProducer)
     }
 
-    /// Waits for the cluster's first metadata answer.
+    /// The producer once its brokers have answered, and what they said: whether the
+    /// results topic exists is for [`TopicSetup`].
     pub fn wait_for_cluster(
         self,
         args: &PubArgs,
