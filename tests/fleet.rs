@@ -92,6 +92,9 @@ fn apply_writes_only_what_changed_and_a_dry_run_writes_nothing() {
     assert_eq!(tombstone.0.as_deref(), Some(&b"http://127.0.0.1:9/c"[..]));
 
     let listed = run_ok(metrics_flow(&stack, &topic).args(["targets", "list", "--format", "json"]));
+    // Reading to the end of each partition is how list knows it is done: no error.
+    let log = String::from_utf8_lossy(&listed.stderr);
+    assert!(!log.contains(" ERROR "), "{log}");
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     let urls: Vec<&str> = listed
         .as_array()

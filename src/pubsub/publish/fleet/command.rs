@@ -247,7 +247,9 @@ impl ClientContext for ToolContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if kafka::is_consumers_routine(&error) {
+            log::debug!("{reason}");
+        } else {
             self.last_error.error(&error, reason);
         }
     }
