@@ -42,6 +42,7 @@ fn apply(args: &TargetsApplyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     let topic = args.topic.name();
     let (consumer, cluster) = connect(&args.topic.kafka, shutdown)?;
     let current = read::read_all(&consumer, &topic)?;
+    kafka::close_consumer(&consumer);
     let changes = compare(&wanted, &current);
     for (key, change) in &changes {
         if *change != Change::Unchanged {
@@ -134,6 +135,7 @@ fn list(args: &TargetsListArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     let topic = args.topic.name();
     let (consumer, _) = connect(&args.topic.kafka, shutdown)?;
     let held = read::read_all(&consumer, &topic)?;
+    kafka::close_consumer(&consumer);
     let listed: Vec<serde_json::Value> = held
         .iter()
         .map(|(key, value)| match record::decode(value) {
