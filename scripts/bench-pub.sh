@@ -471,7 +471,7 @@ throughput() { # nginx-port
 # A row of the metrics cost table from the pairs of one size and concurrency.
 metrics_cost_row() { # size concurrency pairs
     local size=$1 concurrency=$2 pairs=$3
-    spread_of() { awk -v f="$1" '{ print $f }' <<<"$pairs" | sort -n | awk '{ v[NR] = $1 } END { printf "%s / %s / %s", v[1], v[int((NR + 1) / 2)], v[NR] }'; }
+    spread_of() { awk -v f="$1" '{ print $f }' <<<"$pairs" | spread %s; }
     local plain with plain_cpu with_cpu
     plain=$(awk '{ print $1 }' <<<"$pairs" | median)
     with=$(awk '{ print $10 }' <<<"$pairs" | median)
