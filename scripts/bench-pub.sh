@@ -23,6 +23,11 @@
 #                                          (scripts/scrape-loop.sh), before or after the
 #                                          plain one by turns, and a table of the cost
 #   BENCH_METRICS_PORT     19464           its port
+#   BENCH_LAYERS           1               0 skips the layers part: CPU per request at
+#                                          each layer of pub's design (examples/
+#                                          blocking_floor.rs: std alone, ureq, pub's
+#                                          prober), beside ab and pub itself
+#   BENCH_LAYERS_REQUESTS  10000           requests per run of that part
 #   CARGO_TARGET_DIR                       where the release binary is built
 #   MF_*                                   passed on to scripts/stack.sh (ports,
 #                                          state dir), see that script
@@ -45,6 +50,8 @@ MEASURED="target NOT LIKE '%/prime/%'"
 KEEP_TABLES=${BENCH_KEEP_TABLES:-0}
 METRICS=${BENCH_METRICS:-0}
 METRICS_PORT=${BENCH_METRICS_PORT:-19464}
+LAYERS=${BENCH_LAYERS:-1}
+LAYERS_REQUESTS=${BENCH_LAYERS_REQUESTS:-10000}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/metrics-flow
 # pub --once without the caller's settings that would change what is checked
 # (extra targets, a pattern, a shard) or what it logs.
@@ -112,7 +119,7 @@ install_missing() {
 
 build() {
     log "building the release binary and the delay server (cargo build --release --locked)"
-    (cd "$REPO" && cargo build --release --locked --bin metrics-flow --example delay_server >&2)
+    (cd "$REPO" && cargo build --release --locked --bin metrics-flow --example delay_server --example blocking_floor >&2)
     [[ -x $BIN ]] || die "no binary at $BIN"
 }
 
@@ -484,6 +491,66 @@ metrics_cost_row() { # size concurrency pairs
         "$(awk -v c="$with_cpu" -v n="$size" 'BEGIN { printf "%.0f", c * 1000 / n }')"
 }
 
+# CPU (user + system) of one examples/blocking_floor run, in ms; "?" when it failed.
+run_floor() { # client port requests concurrency
+    local out=$WORK/floor user sys
+    if ! /usr/bin/time -f '%U %S' -o "$out.time" \
+        "${CARGO_TARGET_DIR:-$REPO/target}/release/examples/blocking_floor" \
+        "$1" "127.0.0.1:$2" "$3" "$4" 2>"$out.log"; then
+        warn "blocking_floor $1 -c $4 failed: $(tail -n 1 "$out.log")"
+        echo "?"
+        return
+    fi
+    read -r user sys < <(tail -n 1 "$out.time")
+    cpu_ms "$user $sys"
+}
+
+# Where pub's CPU per check goes, layer by layer, at each concurrency: ab (one
+# event loop), a thread per request with std alone (the floor of pub's design),
+# the same through ureq, through pub's prober, and pub itself (schedule, results,
+# Kafka, start-up). REPEAT rounds, the contenders' order turned each round; CPU per
+# request in us, min / median / max.
+layers() { # nginx-port
+    local port=$1 n=$LAYERS_REQUESTS topic=bench_pub_${STAMP}_layers concurrency r name cpu
+    local names=(ab raw ureq probe pub) order rows=()
+    ((LAYERS)) || return 0
+    write_targets "$WORK/layers.txt" "$n" "http://127.0.0.1:$port/layers/"
+    create_topic "$topic"
+    : >"$WORK/layers"
+    for concurrency in $CONCURRENCIES; do
+        for ((r = 1; r <= REPEAT; r++)); do
+            order=("${names[@]}")
+            if ((r % 2 == 0)); then mapfile -t order < <(printf '%s\n' "${names[@]}" | tac); fi
+            log "layers: $n requests, concurrency $concurrency (round $r of $REPEAT: ${order[*]})"
+            for name in "${order[@]}"; do
+                case $name in
+                    ab) read -r _ cpu _ < <(run_ab "http://127.0.0.1:$port/layers/0" "$n" "$concurrency") ;;
+                    pub) read -r _ _ cpu _ < <(run_pub "$WORK/layers.txt" "$concurrency" "$topic") ;;
+                    *) cpu=$(run_floor "$name" "$port" "$n" "$concurrency") ;;
+                esac
+                echo "$concurrency $name $cpu" >>"$WORK/layers"
+            done
+        done
+        rows+=("$(printf '| %4s |' "$concurrency")$(for name in "${names[@]}"; do
+            printf ' %15s |' "$(awk -v c="$concurrency" -v k="$name" -v n="$n" \
+                '$1 == c && $2 == k && $3 != "?" { printf "%.0f\n", $3 * 1000 / n }' "$WORK/layers" | spread %s)"
+        done)")
+    done
+    drain "$topic"
+    check_rows "$topic" $((n * REPEAT * $(wc -w <<<"$CONCURRENCIES")))
+    echo
+    echo "Where a check's CPU goes: $n requests per run on new connections to one nginx,"
+    echo "$REPEAT rounds per concurrency with the order turned each round; CPU (user + system)"
+    echo "per request in us, min / median / max. raw: a thread per request in flight, blocking"
+    echo "std sockets, no HTTP library (the floor of pub's design); ureq: the same through a"
+    echo "plain ureq agent; probe: through pub's prober (timed connectors, rules, a result);"
+    echo "pub: pub --once itself (its schedule, results to Kafka, start-up)."
+    echo
+    echo "| conc |              ab |             raw |            ureq |           probe |             pub |"
+    echo "|-----:|----------------:|----------------:|----------------:|----------------:|----------------:|"
+    printf '%s\n' "${rows[@]}"
+}
+
 # Every stored check's latency_ms minus the injected delay: "count median p90 max".
 overshoot() { # table delay-ms
     figures "SELECT count(*), $(p50 "latency_ms - $2"),
@@ -554,6 +621,7 @@ main() {
     echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), sizes: $SIZES, concurrencies: $CONCURRENCIES"
     warm_up "$nginx_port"
     throughput "$nginx_port"
+    layers "$nginx_port"
     # nginx is done: stop it before the accuracy runs so it takes no CPU.
     stop_nginx
     delay_port=$(free_port)
