@@ -9,6 +9,9 @@
 //!   std alone. What this spends above `ab` is the price of blocking threads instead of
 //!   one event loop;
 //! - `ureq`: the same GET through a plain ureq agent;
+//! - `minreq` and `attohttpc`: through those crates, two other blocking HTTP clients,
+//!   for what a request costs through a well-kept crate other than ureq. Neither lets
+//!   a caller time DNS, connect and TLS apart, which pub's results carry;
 //! - `probe`: pub's own prober (`Probe::check`): timed connectors, the target's rules,
 //!   a result made and dropped. What pub spends above this is its schedule and Kafka.
 //!
@@ -29,6 +32,8 @@ const MAX_BODY_BYTES: u64 = 1024 * 1024;
 enum Client {
     Raw(Vec<u8>),
     Ureq(ureq::Agent, String),
+    Minreq(String),
+    Attohttpc(String),
     Probe(Box<Probe>),
 }
 
@@ -40,6 +45,8 @@ impl Client {
                 format!("GET /floor HTTP/1.0\r\nHost: {address}\r\n\r\n").into_bytes(),
             )),
             "ureq" => Some(Client::Ureq(ureq::Agent::new_with_defaults(), url)),
+            "minreq" => Some(Client::Minreq(url)),
+            "attohttpc" => Some(Client::Attohttpc(url)),
             "probe" => {
                 let defaults = Defaults {
                     pattern: None,
@@ -64,6 +71,12 @@ impl Client {
                 }
                 Err(_) => false,
             },
+            Client::Minreq(url) => minreq::get(url)
+                .send()
+                .is_ok_and(|response| response.status_code == 200),
+            Client::Attohttpc(url) => attohttpc::get(url)
+                .send()
+                .is_ok_and(|response| response.status() == 200 && response.bytes().is_ok()),
             Client::Probe(probe) => probe.check(MAX_BODY_BYTES).http_status == Some(200),
         }
     }
@@ -72,7 +85,9 @@ impl Client {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [client, address, requests, concurrency] = args.as_slice() else {
-        eprintln!("usage: blocking_floor raw|ureq|probe HOST:PORT REQUESTS CONCURRENCY");
+        eprintln!(
+            "usage: blocking_floor raw|ureq|minreq|attohttpc|probe HOST:PORT REQUESTS CONCURRENCY"
+        );
         std::process::exit(2);
     };
     let (Ok(address), Ok(requests), Ok(concurrency)) = (
@@ -84,7 +99,7 @@ fn main() {
         std::process::exit(2);
     };
     let Some(client) = Client::new(client, address) else {
-        eprintln!("blocking_floor: the client is raw, ureq or probe");
+        eprintln!("blocking_floor: the client is raw, ureq, minreq, attohttpc or probe");
         std::process::exit(2);
     };
     let next = AtomicUsize::new(0);
