@@ -25,8 +25,8 @@
 #   BENCH_METRICS_PORT     19464           its port
 #   BENCH_LAYERS           1               0 skips the layers part: CPU per request at
 #                                          each layer of pub's design (examples/
-#                                          blocking_floor.rs: std alone, ureq, pub's
-#                                          prober), beside ab and pub itself
+#                                          blocking_floor.rs: std alone, three HTTP
+#                                          crates, pub's prober), beside ab and pub
 #   BENCH_LAYERS_REQUESTS  10000           requests per run of that part
 #   CARGO_TARGET_DIR                       where the release binary is built
 #   MF_*                                   passed on to scripts/stack.sh (ports,
@@ -507,12 +507,12 @@ run_floor() { # client port requests concurrency
 
 # Where pub's CPU per check goes, layer by layer, at each concurrency: ab (one
 # event loop), a thread per request with std alone (the floor of pub's design),
-# the same through ureq, through pub's prober, and pub itself (schedule, results,
-# Kafka, start-up). REPEAT rounds, the contenders' order turned each round; CPU per
+# the same through minreq, attohttpc and ureq, through pub's prober, and pub itself
+# (schedule, results, Kafka, start-up). REPEAT rounds, the contenders' order turned each round; CPU per
 # request in us, min / median / max.
 layers() { # nginx-port
     local port=$1 n=$LAYERS_REQUESTS topic=bench_pub_${STAMP}_layers concurrency r name cpu
-    local names=(ab raw ureq probe pub) order rows=()
+    local names=(ab raw minreq attohttpc ureq probe pub) order rows=()
     ((LAYERS)) || return 0
     write_targets "$WORK/layers.txt" "$n" "http://127.0.0.1:$port/layers/"
     create_topic "$topic"
@@ -542,12 +542,13 @@ layers() { # nginx-port
     echo "Where a check's CPU goes: $n requests per run on new connections to one nginx,"
     echo "$REPEAT rounds per concurrency with the order turned each round; CPU (user + system)"
     echo "per request in us, min / median / max. raw: a thread per request in flight, blocking"
-    echo "std sockets, no HTTP library (the floor of pub's design); ureq: the same through a"
-    echo "plain ureq agent; probe: through pub's prober (timed connectors, rules, a result);"
-    echo "pub: pub --once itself (its schedule, results to Kafka, start-up)."
+    echo "std sockets, no HTTP library (the floor of pub's design); minreq, attohttpc, ureq:"
+    echo "the same through those crates; probe: through pub's prober (ureq with timed"
+    echo "connectors, the target's rules, a result); pub: pub --once itself (its schedule,"
+    echo "results to Kafka, start-up)."
     echo
-    echo "| conc |              ab |             raw |            ureq |           probe |             pub |"
-    echo "|-----:|----------------:|----------------:|----------------:|----------------:|----------------:|"
+    printf '| conc |'; printf ' %15s |' "${names[@]}"; echo
+    printf '|-----:|'; printf -- '%.0s----------------:|' "${names[@]}"; echo
     printf '%s\n' "${rows[@]}"
 }
 
