@@ -24,3 +24,11 @@ spread() { # [format]
 median() {
     grep -v -F '?' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "?" }'
 }
+
+# The names, one per line, in the order of round ROUND: as given in odd rounds, turned
+# in even ones, so that no contender always runs first on a shared machine.
+turned_order() { # round name...
+    local round=$1
+    shift
+    if ((round % 2 == 0)); then printf '%s\n' "$@" | tac; else printf '%s\n' "$@"; fi
+}

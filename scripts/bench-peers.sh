@@ -642,7 +642,7 @@ runs_used() { # file label
 }
 
 sink_part() {
-    local round label order=(sub connect) plain_size envelope_size summary unlike
+    local round label order plain_size envelope_size summary unlike
     PLAIN_TOPIC=${RUN}_plain
     ENVELOPED_TOPIC=${RUN}_enveloped
     TEMPLATE=${RUN}_columns
@@ -682,8 +682,7 @@ sink_part() {
     : >"$WORK/crash-runs"
     : >"$WORK/compare"
     for ((round = 1; round <= ROUNDS; round++)); do
-        order=(sub connect)
-        ((round % 2 == 0)) && order=(connect sub)
+        mapfile -t order < <(turned_order "$round" sub connect)
         for label in "${order[@]}"; do sink_run "$label" "$round"; done
         unlike=$(unlike_rows "${RUN}_sub_$round" "${RUN}_connect_$round" 2>/dev/null || echo "? ?")
         echo "$round $unlike" >>"$WORK/compare"
@@ -897,8 +896,7 @@ EOF
 
     : >"$WORK/probe-runs"
     for ((round = 1; round <= ROUNDS; round++)); do
-        order=(pub exporter)
-        ((round % 2 == 0)) && order=(exporter pub)
+        mapfile -t order < <(turned_order "$round" pub exporter)
         for label in "${order[@]}"; do "${label}_run" "$round"; done
     done
 

@@ -508,8 +508,8 @@ run_floor() { # client port requests concurrency
 # Where pub's CPU per check goes, layer by layer, at each concurrency: ab (one
 # event loop), a thread per request with std alone (the floor of pub's design),
 # the same through minreq, attohttpc and ureq, through pub's prober, and pub itself
-# (schedule, results, Kafka, start-up). REPEAT rounds, the contenders' order turned each round; CPU per
-# request in us, min / median / max.
+# (schedule, results, Kafka, start-up). REPEAT rounds, the contenders' order turned
+# each round; CPU per request in us, min / median / max.
 layers() { # nginx-port
     local port=$1 n=$LAYERS_REQUESTS topic=bench_pub_${STAMP}_layers concurrency r name cpu
     local names=(ab raw minreq attohttpc ureq probe pub) order rows=()
@@ -519,8 +519,7 @@ layers() { # nginx-port
     : >"$WORK/layers"
     for concurrency in $CONCURRENCIES; do
         for ((r = 1; r <= REPEAT; r++)); do
-            order=("${names[@]}")
-            if ((r % 2 == 0)); then mapfile -t order < <(printf '%s\n' "${names[@]}" | tac); fi
+            mapfile -t order < <(turned_order "$r" "${names[@]}")
             log "layers: $n requests, concurrency $concurrency (round $r of $REPEAT: ${order[*]})"
             for name in "${order[@]}"; do
                 case $name in

@@ -227,8 +227,7 @@ for ((round = 1; round <= WARMUP; round++)); do
     drop_results "${topic}_warmup"
 done
 for ((round = 1; round <= ROUNDS; round++)); do
-    order=("${labels[@]}")
-    if ((round % 2 == 0)); then mapfile -t order < <(printf "%s\n" "${labels[@]}" | tac); fi
+    mapfile -t order < <(turned_order "$round" "${labels[@]}")
     for label in "${order[@]}"; do throughput "$label" "$round"; done
 done
 
