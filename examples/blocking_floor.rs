@@ -23,11 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use metrics_flow::cli::DEFAULT_MAX_BODY_BYTES;
 use metrics_flow::pubsub::publish::probe::Probe;
 use metrics_flow::pubsub::publish::targets::{parse_url, Defaults, Target};
-
-/// pub's --max-body-bytes default.
-const MAX_BODY_BYTES: u64 = 1024 * 1024;
 
 enum Client {
     Raw(Vec<u8>),
@@ -77,7 +75,7 @@ impl Client {
             Client::Attohttpc(url) => attohttpc::get(url)
                 .send()
                 .is_ok_and(|response| response.status() == 200 && response.bytes().is_ok()),
-            Client::Probe(probe) => probe.check(MAX_BODY_BYTES).http_status == Some(200),
+            Client::Probe(probe) => probe.check(DEFAULT_MAX_BODY_BYTES).http_status == Some(200),
         }
     }
 }

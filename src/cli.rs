@@ -13,6 +13,9 @@ use crate::pubsub::table::TableName;
 use crate::seconds;
 use crate::secret::Secret;
 
+/// pub's --max-body-bytes when neither the flag nor MAX_BODY_BYTES is given.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+
 /// Website availability monitor: HTTP checks to Kafka, Kafka to PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(name = "metrics-flow", version, about)]
@@ -259,7 +262,7 @@ pub struct PubArgs {
     #[arg(
         long,
         env = "MAX_BODY_BYTES",
-        default_value = "1048576",
+        default_value_t = DEFAULT_MAX_BODY_BYTES,
         allow_negative_numbers = true
     )]
     pub max_body_bytes: u64,
